@@ -1,1 +1,144 @@
+//! Koine: an etcd v3 server whose revision history lives in SQLite,
+//! PostgreSQL or MySQL/MariaDB.
+//!
+//! The flow (see DESIGN.md): `server/` holds the tonic services, which
+//! validate requests and translate protobuf to engine types; `mvcc/` holds
+//! etcd's semantics (revisions, Txn, the group-commit writer, the watch hub,
+//! leases, compaction); `sql/` persists through sqlx.
+
+pub mod config;
+pub mod error;
+pub mod mvcc;
 pub mod proto;
+pub mod server;
+pub mod sql;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use config::{Config, Endpoint};
+use mvcc::hub::Hub;
+use mvcc::store::Store;
+use mvcc::writer::Writer;
+use proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer,
+};
+use server::{Identity, Limits, Shared};
+
+/// Bytes of recent events the watch hub keeps in memory.
+const HUB_BYTES: usize = 64 << 20;
+const HUB_REVISIONS: usize = 100_000;
+
+/// Runs Koine on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    let db = match config.storage()? {
+        Endpoint::Sqlite(cfg) => sql::sqlite::connect(&cfg).await?,
+    };
+    let (meta, cluster_id) = {
+        let mut tx = db.begin_read().await?;
+        let meta = tx.read_meta().await?;
+        let cluster_id = tx.cluster_id().await?;
+        tx.commit().await?;
+        (meta, cluster_id)
+    };
+    let hub = Arc::new(Hub::new(meta.revision, HUB_BYTES, HUB_REVISIONS));
+    let (writer, writer_task) = Writer::spawn(db.clone(), hub.clone(), config.min_lease_ttl);
+    let store = Store {
+        db: db.clone(),
+        writer,
+        hub,
+        compacting: Default::default(),
+    };
+    let identity = Identity {
+        cluster_id,
+        member_id: member_id(cluster_id, &config.name, &local.to_string()),
+        name: config.name.clone(),
+        client_url: format!("http://{local}"),
+        version: config.emulated_etcd_version.clone(),
+    };
+    let limits = Limits {
+        max_txn_ops: config.max_txn_ops,
+        max_request_bytes: config.max_request_bytes,
+    };
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        identity,
+        limits,
+    });
+
+    let cancel = CancellationToken::new();
+    let background = tokio::spawn(mvcc::lease::expire_loop(
+        store.clone(),
+        config.lease_check_interval,
+        cancel.clone(),
+    ));
+
+    // tonic's own limit sits far above etcd's so that oversize requests get
+    // etcd's error text from `Limits::check_size`.
+    let decode_limit = limits.max_recv_bytes() * 4;
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(7200)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(
+            KvServer::new(server::kv::KvService {
+                shared: shared.clone(),
+            })
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            LeaseServer::new(server::lease::LeaseService {
+                shared: shared.clone(),
+            })
+            .max_decoding_message_size(decode_limit),
+        )
+        .add_service(MaintenanceServer::new(
+            server::maintenance::MaintenanceService {
+                shared: shared.clone(),
+            },
+        ))
+        .add_service(ClusterServer::new(server::cluster::ClusterService {
+            shared: shared.clone(),
+        }));
+    tracing::info!(address = %local, revision = meta.revision, "serving etcd API");
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+
+    cancel.cancel();
+    let _ = background.await;
+    drop(shared);
+    drop(store);
+    // The writer stops once every handle is gone; wait for it to drain.
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer_task).await;
+    db.close().await;
+    Ok(())
+}
+
+/// A stable member id derived from the cluster id and this member's name
+/// and address (FNV-1a).
+fn member_id(cluster_id: u64, name: &str, addr: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in cluster_id
+        .to_le_bytes()
+        .iter()
+        .chain(name.as_bytes())
+        .chain(addr.as_bytes())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}

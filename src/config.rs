@@ -1,0 +1,90 @@
+//! Command-line flags (each also an environment variable) and endpoint
+//! parsing. Flag names follow kine, so K3s users can switch without
+//! relearning; etcd's limits keep etcd's defaults.
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::sql::sqlite::SqliteConfig;
+
+/// Default SQLite file, as kine's.
+pub const DEFAULT_SQLITE: &str = "./db/state.db";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "koine",
+    version,
+    about = "An etcd v3 server on SQLite, PostgreSQL or MySQL"
+)]
+pub struct Config {
+    /// Address to serve the etcd gRPC API on (HOST:PORT).
+    #[arg(long, env = "KOINE_LISTEN_ADDRESS", default_value = "127.0.0.1:2379")]
+    pub listen_address: String,
+
+    /// Storage DSN: empty for SQLite at ./db/state.db, `sqlite://PATH`, or a
+    /// bare file path. The password in a DSN is never logged.
+    #[arg(long, env = "KOINE_ENDPOINT", default_value = "")]
+    pub endpoint: String,
+
+    /// Name reported for this member by MemberList.
+    #[arg(long, env = "KOINE_NAME", default_value = "koine")]
+    pub name: String,
+
+    /// Log format.
+    #[arg(long, env = "KOINE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `koine=debug`).
+    #[arg(long, env = "KOINE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Most operations in each of a Txn's compare/success/failure lists.
+    #[arg(long, env = "KOINE_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+
+    /// Largest write request accepted, in bytes (etcd's default 1.5 MiB).
+    #[arg(long, env = "KOINE_MAX_REQUEST_BYTES", default_value_t = 1572864)]
+    pub max_request_bytes: usize,
+
+    /// etcd version reported by Maintenance.Status. Kubernetes needs 3.5.13+
+    /// to serve consistent lists from its watch cache.
+    #[arg(long, env = "KOINE_EMULATED_ETCD_VERSION", default_value = "3.5.13")]
+    pub emulated_etcd_version: String,
+
+    /// Shortest lease TTL in seconds; shorter grants are raised to it (etcd: 2).
+    #[arg(long, env = "KOINE_MIN_LEASE_TTL", default_value_t = 2)]
+    pub min_lease_ttl: i64,
+
+    /// How often expired leases are looked for.
+    #[arg(long, env = "KOINE_LEASE_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub lease_check_interval: Duration,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Endpoint {
+    Sqlite(SqliteConfig),
+}
+
+impl Config {
+    /// Parses the storage endpoint. Errors never include the DSN itself,
+    /// since it may hold a password.
+    pub fn storage(&self) -> anyhow::Result<Endpoint> {
+        let dsn = self.endpoint.trim();
+        if dsn.is_empty() {
+            return Ok(Endpoint::Sqlite(SqliteConfig::parse(DEFAULT_SQLITE)?));
+        }
+        let scheme = dsn.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("sqlite") | None => Ok(Endpoint::Sqlite(SqliteConfig::parse(dsn)?)),
+            Some(other) => anyhow::bail!("unsupported endpoint scheme {other:?}"),
+        }
+    }
+}

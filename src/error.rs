@@ -1,0 +1,183 @@
+//! The error catalogue: every error the engine can return, and the single
+//! mapping to etcd's gRPC status (code and exact message text). Clients such
+//! as client-go and etcdctl recognise errors by their text, so the texts below
+//! are part of the API (etcd `api/v3rpc/rpctypes/error.go`).
+
+use tonic::{Code, Status};
+
+/// etcd's wire texts, one constant per error.
+pub mod text {
+    pub const EMPTY_KEY: &str = "etcdserver: key is not provided";
+    pub const KEY_NOT_FOUND: &str = "etcdserver: key not found";
+    pub const VALUE_PROVIDED: &str = "etcdserver: value is provided";
+    pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
+    pub const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+    pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
+    pub const INVALID_SORT_OPTION: &str = "etcdserver: invalid sort option";
+    pub const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+    pub const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
+    pub const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
+    pub const LEASE_EXIST: &str = "etcdserver: lease already exists";
+    pub const LEASE_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
+    pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
+    pub const TIMEOUT: &str = "etcdserver: request timed out";
+    pub const STOPPED: &str = "etcdserver: server stopped";
+    pub const WATCH_CANCELED: &str = "etcdserver: watch canceled";
+}
+
+/// Everything that can go wrong below the gRPC layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("key is not provided")]
+    EmptyKey,
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("value is provided")]
+    ValueProvided,
+    #[error("lease is provided")]
+    LeaseProvided,
+    #[error("too many operations in txn request")]
+    TooManyOps,
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("invalid sort option")]
+    InvalidSortOption,
+    #[error("required revision {required} has been compacted (compacted at {compacted})")]
+    Compacted { required: i64, compacted: i64 },
+    #[error("required revision {required} is a future revision (current {current})")]
+    FutureRevision { required: i64, current: i64 },
+    #[error("lease {0:x} not found")]
+    LeaseNotFound(i64),
+    #[error("lease {0:x} already exists")]
+    LeaseExists(i64),
+    #[error("lease TTL too large")]
+    LeaseTtlTooLarge,
+    #[error("request is too large")]
+    RequestTooLarge,
+    #[error("request timed out")]
+    Timeout,
+    #[error("server is stopping")]
+    Stopped,
+    /// The database could not be reached or the connection was lost.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Any other database failure.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// Data read back from the database that breaks an invariant.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Error::Unavailable(e),
+            _ => Error::Database(e),
+        }
+    }
+}
+
+impl Error {
+    /// True when a retry on a fresh connection may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        use text::*;
+        let (code, msg): (Code, &str) = match &e {
+            Error::EmptyKey => (Code::InvalidArgument, EMPTY_KEY),
+            Error::KeyNotFound => (Code::InvalidArgument, KEY_NOT_FOUND),
+            Error::ValueProvided => (Code::InvalidArgument, VALUE_PROVIDED),
+            Error::LeaseProvided => (Code::InvalidArgument, LEASE_PROVIDED),
+            Error::TooManyOps => (Code::InvalidArgument, TOO_MANY_OPS),
+            Error::DuplicateKey => (Code::InvalidArgument, DUPLICATE_KEY),
+            Error::InvalidSortOption => (Code::InvalidArgument, INVALID_SORT_OPTION),
+            Error::Compacted { .. } => (Code::OutOfRange, COMPACTED),
+            Error::FutureRevision { .. } => (Code::OutOfRange, FUTURE_REV),
+            Error::LeaseNotFound(_) => (Code::NotFound, LEASE_NOT_FOUND),
+            Error::LeaseExists(_) => (Code::FailedPrecondition, LEASE_EXIST),
+            Error::LeaseTtlTooLarge => (Code::OutOfRange, LEASE_TTL_TOO_LARGE),
+            Error::RequestTooLarge => (Code::InvalidArgument, REQUEST_TOO_LARGE),
+            Error::Timeout => (Code::Unavailable, TIMEOUT),
+            Error::Stopped => (Code::Unavailable, STOPPED),
+            Error::Unavailable(err) => {
+                tracing::warn!(error = %err, "database unavailable");
+                return Status::unavailable("koine: database unavailable");
+            }
+            Error::Database(err) => {
+                tracing::error!(error = %err, "database error");
+                return Status::internal("koine: database error");
+            }
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                return Status::internal(format!("koine: internal error: {detail}"));
+            }
+        };
+        Status::new(code, msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_etcd_error_has_its_code_and_text() {
+        let cases = [
+            (Error::EmptyKey, Code::InvalidArgument, text::EMPTY_KEY),
+            (
+                Error::Compacted {
+                    required: 1,
+                    compacted: 2,
+                },
+                Code::OutOfRange,
+                text::COMPACTED,
+            ),
+            (
+                Error::FutureRevision {
+                    required: 9,
+                    current: 2,
+                },
+                Code::OutOfRange,
+                text::FUTURE_REV,
+            ),
+            (
+                Error::LeaseNotFound(1),
+                Code::NotFound,
+                text::LEASE_NOT_FOUND,
+            ),
+            (
+                Error::LeaseExists(1),
+                Code::FailedPrecondition,
+                text::LEASE_EXIST,
+            ),
+            (
+                Error::DuplicateKey,
+                Code::InvalidArgument,
+                text::DUPLICATE_KEY,
+            ),
+            (Error::TooManyOps, Code::InvalidArgument, text::TOO_MANY_OPS),
+            (
+                Error::RequestTooLarge,
+                Code::InvalidArgument,
+                text::REQUEST_TOO_LARGE,
+            ),
+        ];
+        for (err, code, msg) in cases {
+            let status = Status::from(err);
+            assert_eq!(status.code(), code);
+            assert_eq!(status.message(), msg);
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! Applying one write request inside the writer's database transaction, with
+//! etcd's semantics: Txn compares are evaluated over the whole nested tree
+//! against the state before the request, the chosen branches are checked
+//! (leases, `ignore_*` keys, range revisions), then applied in order so that
+//! later ops see earlier ones. A request that fails its checks changes
+//! nothing; one that changes any key advances the revision by exactly one.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::mvcc::range::{self, ReadPoint};
+use crate::mvcc::types::{
+    Compare, CompareResult, CompareTarget, DeleteRequest, DeleteResult, Event, EventKind, KeyRange,
+    KeyValue, Op, OpResult, PutRequest, PutResult, Revision, TxnRequest, TxnResult,
+};
+use crate::sql::{DbTx, LogRow};
+
+/// The writer's view of the batch being built.
+#[derive(Debug, Default)]
+pub struct BatchState {
+    /// The newest revision assigned so far (committed or in this batch).
+    pub revision: Revision,
+    pub compact: Revision,
+    /// Log rows not yet written to the database.
+    pub pending_log: Vec<LogRow>,
+    /// Events per revision assigned in this batch, in order.
+    pub events: Vec<(Revision, Vec<Event>)>,
+}
+
+impl BatchState {
+    /// Writes buffered log rows so that reads from the log see them.
+    pub async fn flush_log(&mut self, tx: &mut DbTx) -> Result<()> {
+        if !self.pending_log.is_empty() {
+            tx.append_log(&self.pending_log).await?;
+            self.pending_log.clear();
+        }
+        Ok(())
+    }
+}
+
+/// The changes one request makes; all share `revision`.
+struct Changes {
+    revision: Revision,
+    events: Vec<Event>,
+}
+
+impl Changes {
+    fn read_point(&self, state: &BatchState) -> ReadPoint {
+        ReadPoint {
+            current: if self.events.is_empty() {
+                state.revision
+            } else {
+                self.revision
+            },
+            compact: state.compact,
+        }
+    }
+}
+
+/// Checks `(compares, success, failure)` for keys written twice, as etcd's
+/// `checkIntervals`: a key put twice on one path, or put inside a range
+/// deleted on the same path, is rejected. Puts in the two branches of a
+/// nested Txn may repeat each other since only one branch runs.
+pub fn check_intervals(ops: &[Op]) -> Result<(HashSet<Bytes>, Vec<KeyRange>)> {
+    let mut dels: Vec<KeyRange> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Delete(d) => Some(d.range.clone()),
+            _ => None,
+        })
+        .collect();
+    let hits = |dels: &[KeyRange], key: &Bytes| dels.iter().any(|d| d.contains(key));
+    let mut puts: HashSet<Bytes> = HashSet::new();
+    for op in ops {
+        let Op::Txn(t) = op else { continue };
+        let (puts_then, dels_then) = check_intervals(&t.success)?;
+        let (puts_else, dels_else) = check_intervals(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || hits(&dels, k) {
+                return Err(Error::DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        for k in &puts_else {
+            if (puts.contains(k) && !puts_then.contains(k)) || hits(&dels, k) {
+                return Err(Error::DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let Op::Put(p) = op else { continue };
+        if puts.contains(&p.key) || hits(&dels, &p.key) {
+            return Err(Error::DuplicateKey);
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
+}
+
+pub async fn put(tx: &mut DbTx, state: &mut BatchState, req: &PutRequest) -> Result<PutResult> {
+    let mut changes = Changes {
+        revision: state.revision + 1,
+        events: Vec::new(),
+    };
+    check_put(tx, req).await?;
+    let result = apply_put(tx, &mut changes, req).await?;
+    finish(state, changes);
+    Ok(result)
+}
+
+pub async fn delete(
+    tx: &mut DbTx,
+    state: &mut BatchState,
+    req: &DeleteRequest,
+) -> Result<DeleteResult> {
+    let mut changes = Changes {
+        revision: state.revision + 1,
+        events: Vec::new(),
+    };
+    let result = apply_delete(tx, &mut changes, req).await?;
+    finish(state, changes);
+    Ok(result)
+}
+
+pub async fn txn(tx: &mut DbTx, state: &mut BatchState, req: &TxnRequest) -> Result<TxnResult> {
+    let mut path = Vec::new();
+    compare_path(tx, req, &mut path).await?;
+    let mut cursor = 0;
+    check_txn(tx, state, req, &path, &mut cursor).await?;
+    let mut changes = Changes {
+        revision: state.revision + 1,
+        events: Vec::new(),
+    };
+    let mut cursor = 0;
+    let result = apply_txn(tx, state, &mut changes, req, &path, &mut cursor).await?;
+    finish(state, changes);
+    Ok(result)
+}
+
+/// Deletes the given keys (lease revocation) in one revision.
+pub async fn delete_keys(tx: &mut DbTx, state: &mut BatchState, keys: &[KeyValue]) -> Result<()> {
+    let mut changes = Changes {
+        revision: state.revision + 1,
+        events: Vec::new(),
+    };
+    for kv in keys {
+        tx.delete_key(&kv.key).await?;
+        changes.events.push(delete_event(kv, changes.revision));
+    }
+    finish(state, changes);
+    Ok(())
+}
+
+fn delete_event(kv: &KeyValue, revision: Revision) -> Event {
+    Event {
+        kind: EventKind::Delete,
+        kv: KeyValue {
+            key: kv.key.clone(),
+            mod_revision: revision,
+            ..KeyValue::default()
+        },
+        prev_kv: Some(kv.clone()),
+    }
+}
+
+/// Records a request's changes in the batch: log rows and events.
+fn finish(state: &mut BatchState, changes: Changes) {
+    if changes.events.is_empty() {
+        return;
+    }
+    state.revision = changes.revision;
+    for (sub, ev) in changes.events.iter().enumerate() {
+        state.pending_log.push(LogRow {
+            revision: changes.revision,
+            sub: sub as i64,
+            kv: ev.kv.clone(),
+            deleted: ev.kind == EventKind::Delete,
+            prev_revision: ev.prev_kv.as_ref().map_or(0, |p| p.mod_revision),
+        });
+    }
+    state.events.push((changes.revision, changes.events));
+}
+
+async fn check_put(tx: &mut DbTx, req: &PutRequest) -> Result<()> {
+    if (req.ignore_value || req.ignore_lease) && tx.get(&req.key).await?.is_none() {
+        return Err(Error::KeyNotFound);
+    }
+    if !req.ignore_lease && req.lease != 0 && tx.lease_get(req.lease).await?.is_none() {
+        return Err(Error::LeaseNotFound(req.lease));
+    }
+    Ok(())
+}
+
+async fn apply_put(tx: &mut DbTx, changes: &mut Changes, req: &PutRequest) -> Result<PutResult> {
+    let prev = tx.get(&req.key).await?;
+    // `check_put` ran before anything was applied, and `check_intervals`
+    // forbids deleting the key earlier on the same path, so `prev` exists
+    // whenever an `ignore_*` flag is set.
+    let (value, lease) = match &prev {
+        Some(p) => (
+            if req.ignore_value {
+                p.value.clone()
+            } else {
+                req.value.clone()
+            },
+            if req.ignore_lease { p.lease } else { req.lease },
+        ),
+        None => (req.value.clone(), req.lease),
+    };
+    let kv = KeyValue {
+        key: req.key.clone(),
+        create_revision: prev
+            .as_ref()
+            .map_or(changes.revision, |p| p.create_revision),
+        mod_revision: changes.revision,
+        version: prev.as_ref().map_or(1, |p| p.version + 1),
+        value,
+        lease,
+    };
+    tx.upsert(&kv).await?;
+    changes.events.push(Event {
+        kind: EventKind::Put,
+        kv,
+        prev_kv: prev.clone(),
+    });
+    Ok(PutResult {
+        prev_kv: if req.prev_kv { prev } else { None },
+    })
+}
+
+async fn apply_delete(
+    tx: &mut DbTx,
+    changes: &mut Changes,
+    req: &DeleteRequest,
+) -> Result<DeleteResult> {
+    let kvs = tx.range_current(&req.range, None).await?;
+    for kv in &kvs {
+        tx.delete_key(&kv.key).await?;
+        changes.events.push(delete_event(kv, changes.revision));
+    }
+    Ok(DeleteResult {
+        deleted: kvs.len() as i64,
+        prev_kvs: if req.prev_kv { kvs } else { Vec::new() },
+    })
+}
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// Evaluates every compare on the path the Txn will take, nested Txns
+/// included, against the state before the request (etcd `compareToPath`).
+fn compare_path<'a>(
+    tx: &'a mut DbTx,
+    req: &'a TxnRequest,
+    path: &'a mut Vec<bool>,
+) -> BoxFut<'a, ()> {
+    Box::pin(async move {
+        let mut ok = true;
+        for c in &req.compare {
+            if !compare(tx, c).await? {
+                ok = false;
+                break;
+            }
+        }
+        path.push(ok);
+        let ops = if ok { &req.success } else { &req.failure };
+        for op in ops {
+            if let Op::Txn(inner) = op {
+                compare_path(tx, inner, path).await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn compare(tx: &mut DbTx, c: &Compare) -> Result<bool> {
+    let kvs = tx
+        .range_current(&KeyRange::from_etcd(&c.key, &c.range_end), None)
+        .await?;
+    if kvs.is_empty() {
+        if matches!(c.target, CompareTarget::Value(_)) {
+            // A missing key has no value to compare (etcd `applyCompare`).
+            return Ok(false);
+        }
+        return Ok(compare_kv(c, &KeyValue::default()));
+    }
+    Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let ord = match &c.target {
+        CompareTarget::Value(v) => kv.value.as_ref().cmp(v.as_ref()),
+        CompareTarget::Create(r) => kv.create_revision.cmp(r),
+        CompareTarget::Mod(r) => kv.mod_revision.cmp(r),
+        CompareTarget::Version(v) => kv.version.cmp(v),
+        CompareTarget::Lease(l) => kv.lease.cmp(l),
+    };
+    match c.result {
+        CompareResult::Equal => ord.is_eq(),
+        CompareResult::NotEqual => ord.is_ne(),
+        CompareResult::Greater => ord.is_gt(),
+        CompareResult::Less => ord.is_lt(),
+    }
+}
+
+/// Checks the ops on the chosen path before anything is applied.
+fn check_txn<'a>(
+    tx: &'a mut DbTx,
+    state: &'a BatchState,
+    req: &'a TxnRequest,
+    path: &'a [bool],
+    cursor: &'a mut usize,
+) -> BoxFut<'a, ()> {
+    Box::pin(async move {
+        let ok = path.get(*cursor).copied().unwrap_or(false);
+        *cursor += 1;
+        let ops = if ok { &req.success } else { &req.failure };
+        for op in ops {
+            match op {
+                Op::Range(r) => {
+                    let rev = r.options.revision;
+                    if rev > state.revision {
+                        return Err(Error::FutureRevision {
+                            required: rev,
+                            current: state.revision,
+                        });
+                    }
+                    if rev > 0 && rev < state.compact {
+                        return Err(Error::Compacted {
+                            required: rev,
+                            compacted: state.compact,
+                        });
+                    }
+                }
+                Op::Put(p) => check_put(tx, p).await?,
+                Op::Delete(_) => {}
+                Op::Txn(inner) => check_txn(tx, state, inner, path, cursor).await?,
+            }
+        }
+        Ok(())
+    })
+}
+
+fn apply_txn<'a>(
+    tx: &'a mut DbTx,
+    state: &'a mut BatchState,
+    changes: &'a mut Changes,
+    req: &'a TxnRequest,
+    path: &'a [bool],
+    cursor: &'a mut usize,
+) -> BoxFut<'a, TxnResult> {
+    Box::pin(async move {
+        let succeeded = path.get(*cursor).copied().unwrap_or(false);
+        *cursor += 1;
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                Op::Range(r) => {
+                    let at = changes.read_point(state);
+                    let rev = r.options.revision;
+                    if rev > 0 && rev != at.current {
+                        state.flush_log(tx).await?;
+                    }
+                    OpResult::Range(range::range(tx, r, at).await?)
+                }
+                Op::Put(p) => OpResult::Put(apply_put(tx, changes, p).await?),
+                Op::Delete(d) => OpResult::Delete(apply_delete(tx, changes, d).await?),
+                Op::Txn(inner) => {
+                    OpResult::Txn(apply_txn(tx, state, changes, inner, path, cursor).await?)
+                }
+            });
+        }
+        Ok(TxnResult {
+            succeeded,
+            responses,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &'static str) -> Op {
+        Op::Put(PutRequest {
+            key: Bytes::from_static(k.as_bytes()),
+            value: Bytes::new(),
+            lease: 0,
+            prev_kv: false,
+            ignore_value: false,
+            ignore_lease: false,
+        })
+    }
+
+    fn del(k: &'static str, end: &'static str) -> Op {
+        Op::Delete(DeleteRequest {
+            range: KeyRange::from_etcd(
+                &Bytes::from_static(k.as_bytes()),
+                &Bytes::from_static(end.as_bytes()),
+            ),
+            prev_kv: false,
+        })
+    }
+
+    fn txn(success: Vec<Op>, failure: Vec<Op>) -> Op {
+        Op::Txn(TxnRequest {
+            compare: vec![],
+            success,
+            failure,
+        })
+    }
+
+    #[test]
+    fn intervals_follow_etcd() {
+        assert!(check_intervals(&[put("a"), put("b")]).is_ok());
+        assert!(check_intervals(&[put("a"), put("a")]).is_err());
+        assert!(check_intervals(&[del("a", "c"), put("b")]).is_err());
+        assert!(check_intervals(&[del("a", ""), put("b")]).is_ok());
+        assert!(check_intervals(&[del("a", ""), del("a", "")]).is_ok());
+        // Branches of one nested Txn are exclusive.
+        assert!(check_intervals(&[txn(vec![put("a")], vec![put("a")])]).is_ok());
+        assert!(check_intervals(&[put("a"), txn(vec![put("a")], vec![])]).is_err());
+        assert!(check_intervals(&[txn(vec![del("a", "z")], vec![]), put("b")]).is_err());
+    }
+}

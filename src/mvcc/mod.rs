@@ -1,0 +1,9 @@
+//! etcd's semantics, written once for every database.
+
+pub mod apply;
+pub mod hub;
+pub mod lease;
+pub mod range;
+pub mod store;
+pub mod types;
+pub mod writer;

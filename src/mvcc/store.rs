@@ -1,0 +1,98 @@
+//! The engine's front door: reads run on a snapshot of the database, writes
+//! go through the group-commit writer.
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::mvcc::hub::Hub;
+use crate::mvcc::range::{self, ReadPoint};
+use crate::mvcc::types::{RangeRequest, RangeResult, Revision, WriteRequest, WriteResult};
+use crate::mvcc::writer::Writer;
+use crate::sql::{Db, LeaseRow, Meta};
+
+#[derive(Clone)]
+pub struct Store {
+    pub db: Db,
+    pub writer: Writer,
+    pub hub: Arc<Hub>,
+    /// Serialises physical compaction runs of this instance.
+    pub compacting: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Revisions per physical-compaction transaction.
+const COMPACT_STEP: i64 = 1000;
+
+impl Store {
+    /// A Range at the current or a past revision. Returns the result and the
+    /// store revision of the snapshot it was read from.
+    pub async fn range(&self, req: &RangeRequest) -> Result<(RangeResult, Revision)> {
+        let mut tx = self.db.begin_read().await?;
+        let meta = tx.read_meta().await?;
+        let at = ReadPoint {
+            current: meta.revision,
+            compact: meta.compact_revision,
+        };
+        let result = range::range(&mut tx, req, at).await;
+        tx.commit().await?;
+        Ok((result?, meta.revision))
+    }
+
+    pub async fn write(&self, req: WriteRequest) -> Result<(WriteResult, Revision)> {
+        self.writer.submit(req).await
+    }
+
+    /// Removes log rows no read can reach any more (below the compact
+    /// revision), in small transactions of `COMPACT_STEP` revisions so that
+    /// writers are never held up for long.
+    pub async fn compact_physically(&self) -> Result<()> {
+        let _guard = self.compacting.lock().await;
+        let (target, mut done) = {
+            let mut tx = self.db.begin_read().await?;
+            let meta = tx.read_meta().await?;
+            let done = tx.compacted_to().await?;
+            tx.commit().await?;
+            (meta.compact_revision, done)
+        };
+        while done < target {
+            let to = (done + COMPACT_STEP).min(target);
+            let mut tx = self.db.begin_write().await?;
+            let removed = tx.compact_step(target, done + 1, to + 1).await?;
+            tx.commit().await?;
+            tracing::debug!(from = done + 1, to, removed, "compacted log rows");
+            done = to;
+        }
+        Ok(())
+    }
+
+    pub async fn meta(&self) -> Result<Meta> {
+        let mut tx = self.db.begin_read().await?;
+        let meta = tx.read_meta().await?;
+        tx.commit().await?;
+        Ok(meta)
+    }
+
+    pub async fn lease(&self, id: i64) -> Result<(Option<LeaseRow>, Vec<bytes::Bytes>, Revision)> {
+        let mut tx = self.db.begin_read().await?;
+        let meta = tx.read_meta().await?;
+        let lease = tx.lease_get(id).await?;
+        let keys = match lease {
+            Some(_) => tx
+                .keys_with_lease(id)
+                .await?
+                .into_iter()
+                .map(|kv| kv.key)
+                .collect(),
+            None => Vec::new(),
+        };
+        tx.commit().await?;
+        Ok((lease, keys, meta.revision))
+    }
+
+    pub async fn leases(&self) -> Result<(Vec<LeaseRow>, Revision)> {
+        let mut tx = self.db.begin_read().await?;
+        let meta = tx.read_meta().await?;
+        let leases = tx.lease_list().await?;
+        tx.commit().await?;
+        Ok((leases, meta.revision))
+    }
+}

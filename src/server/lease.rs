@@ -1,0 +1,151 @@
+//! Lease service: Grant, Revoke, KeepAlive (stream), TimeToLive, Leases.
+//! Lease state lives in the database, so leases and their remaining time
+//! survive a restart and are shared by every instance.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::mvcc::types::{WriteRequest, WriteResult};
+use crate::proto::etcdserverpb as pb;
+use crate::proto::etcdserverpb::lease_server::Lease;
+use crate::server::SharedRef;
+
+pub struct LeaseService {
+    pub shared: SharedRef,
+}
+
+type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
+
+/// A fresh lease id: positive, random, never 0 ("no lease").
+fn new_lease_id() -> i64 {
+    (rand::random::<u64>() >> 1).max(1) as i64
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        req: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let s = &self.shared;
+        let req = req.into_inner();
+        let id = if req.id == 0 { new_lease_id() } else { req.id };
+        match s
+            .store
+            .write(WriteRequest::LeaseGrant { id, ttl: req.ttl })
+            .await?
+        {
+            (WriteResult::LeaseGrant { id, ttl }, rev) => {
+                Ok(Response::new(pb::LeaseGrantResponse {
+                    header: s.header(rev),
+                    id,
+                    ttl,
+                    error: String::new(),
+                }))
+            }
+            (other, _) => Err(Status::internal(format!("koine: unexpected {other:?}"))),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let s = &self.shared;
+        let id = req.into_inner().id;
+        let (_, rev) = s.store.write(WriteRequest::LeaseRevoke { id }).await?;
+        Ok(Response::new(pb::LeaseRevokeResponse {
+            header: s.header(rev),
+        }))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.next().await {
+                let reply = match msg {
+                    Ok(m) => match shared
+                        .store
+                        .write(WriteRequest::LeaseKeepAlive { id: m.id })
+                        .await
+                    {
+                        Ok((WriteResult::LeaseKeepAlive { ttl }, rev)) => {
+                            Ok(pb::LeaseKeepAliveResponse {
+                                header: shared.header(rev),
+                                id: m.id,
+                                ttl,
+                            })
+                        }
+                        Ok((other, _)) => {
+                            Err(Status::internal(format!("koine: unexpected {other:?}")))
+                        }
+                        Err(e) => Err(Status::from(e)),
+                    },
+                    Err(status) => {
+                        tracing::debug!(%status, "keepalive stream ended");
+                        break;
+                    }
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let s = &self.shared;
+        let req = req.into_inner();
+        let (lease, keys, rev) = s.store.lease(req.id).await?;
+        // etcd answers a missing lease with TTL -1 rather than an error.
+        let resp = match lease {
+            Some(l) if l.remaining_ms > 0 => pb::LeaseTimeToLiveResponse {
+                header: s.header(rev),
+                id: req.id,
+                ttl: l.remaining_ms / 1000,
+                granted_ttl: l.ttl,
+                keys: if req.keys { keys } else { Vec::new() },
+            },
+            _ => pb::LeaseTimeToLiveResponse {
+                header: s.header(rev),
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _req: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        let s = &self.shared;
+        let (leases, rev) = s.store.leases().await.map_err(Status::from)?;
+        Ok(Response::new(pb::LeaseLeasesResponse {
+            header: s.header(rev),
+            leases: leases
+                .into_iter()
+                .map(|l| pb::LeaseStatus { id: l.id })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,81 @@
+//! The gRPC services. Every unary handler follows etcd's four steps:
+//! validate (limits and exact etcd texts), call the engine with engine
+//! types, map errors through `Status::from`, fill the response header.
+
+pub mod cluster;
+pub mod convert;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+
+use std::sync::Arc;
+
+use prost::Message;
+use tonic::Status;
+
+use crate::error::Error;
+use crate::mvcc::store::Store;
+use crate::mvcc::types::Revision;
+use crate::proto::etcdserverpb::ResponseHeader;
+
+/// Limits enforced on requests, with etcd's defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+}
+
+impl Limits {
+    /// gRPC-level receive limit: etcd allows 512 KiB above the request limit.
+    pub fn max_recv_bytes(&self) -> usize {
+        self.max_request_bytes + 512 * 1024
+    }
+
+    /// etcd's size checks: over the gRPC limit is rejected by the transport
+    /// (ResourceExhausted), over the request limit by the server.
+    pub fn check_size<M: Message>(&self, msg: &M) -> Result<(), Status> {
+        let len = msg.encoded_len();
+        if len > self.max_recv_bytes() {
+            return Err(Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({len} vs. {})",
+                self.max_recv_bytes()
+            )));
+        }
+        if len > self.max_request_bytes {
+            return Err(Error::RequestTooLarge.into());
+        }
+        Ok(())
+    }
+}
+
+/// Identity reported in headers, Status and MemberList.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub name: String,
+    /// Client URL reported by MemberList.
+    pub client_url: String,
+    /// Version reported by Maintenance.Status.
+    pub version: String,
+}
+
+/// State shared by all services of one server.
+pub struct Shared {
+    pub store: Store,
+    pub identity: Identity,
+    pub limits: Limits,
+}
+
+pub type SharedRef = Arc<Shared>;
+
+impl Shared {
+    pub fn header(&self, revision: Revision) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.identity.cluster_id,
+            member_id: self.identity.member_id,
+            revision,
+            raft_term: 2,
+        })
+    }
+}

@@ -1,0 +1,514 @@
+//! Persistence over sqlx. The engine (`mvcc/`) talks to the database only
+//! through [`Db`] (pools) and [`DbTx`] (one open transaction), whose methods
+//! are the small transactional interface of DESIGN decision 6: read the meta
+//! row, get, range, count, upsert, delete, append to the log, leases.
+//!
+//! SQL is written once with `?` placeholders; [`queries`] renders it per
+//! dialect (placeholders, upsert syntax, row locks, the database clock). Each
+//! dialect module only connects and runs migrations.
+
+mod exec;
+mod queries;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::mvcc::types::{KeyRange, KeyValue, LeaseId, Revision};
+pub use exec::{Arg, Col, Pool, TxInner, Val};
+pub use queries::{Dialect, Q, Queries};
+
+/// Rows at most per multi-row INSERT into the log.
+const LOG_CHUNK_ROWS: usize = 32;
+/// Bytes at most per multi-row INSERT (below MySQL's max_allowed_packet).
+const LOG_CHUNK_BYTES: usize = 4 << 20;
+
+/// A connected database: a pool for reads and one for the writer.
+#[derive(Clone)]
+pub struct Db {
+    pub dialect: Dialect,
+    queries: Arc<Queries>,
+    read: Pool,
+    write: Pool,
+}
+
+/// One change to append to the log.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub revision: Revision,
+    pub sub: i64,
+    pub kv: KeyValue,
+    pub deleted: bool,
+    pub prev_revision: Revision,
+}
+
+/// The store's counters as read from the meta row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub revision: Revision,
+    pub compact_revision: Revision,
+}
+
+/// A lease row; `remaining_ms` is measured on the database clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub id: LeaseId,
+    pub ttl: i64,
+    pub remaining_ms: i64,
+}
+
+/// A logged change as read back for watchers.
+#[derive(Debug, Clone)]
+pub struct LoggedChange {
+    pub row: LogRow,
+    pub prev: Option<KeyValue>,
+}
+
+impl Db {
+    pub fn new(dialect: Dialect, read: Pool, write: Pool) -> Db {
+        Db {
+            dialect,
+            queries: Arc::new(Queries::new(dialect)),
+            read,
+            write,
+        }
+    }
+
+    /// Opens a transaction for the writer, holding the database's write lock
+    /// where the dialect has one (SQLite `BEGIN IMMEDIATE`).
+    pub async fn begin_write(&self) -> Result<DbTx> {
+        let inner = self.write.begin_write().await?;
+        Ok(DbTx {
+            inner,
+            q: self.queries.clone(),
+        })
+    }
+
+    /// Opens a read-only transaction whose statements all see one snapshot.
+    pub async fn begin_read(&self) -> Result<DbTx> {
+        let inner = self.read.begin_read().await?;
+        Ok(DbTx {
+            inner,
+            q: self.queries.clone(),
+        })
+    }
+
+    /// Size of the database in bytes, as far as the dialect can tell.
+    pub async fn size_bytes(&self) -> Result<i64> {
+        let mut tx = self.begin_read().await?;
+        let rows = tx.fetch(Q::DbSize, &[], &[Col::I64]).await?;
+        tx.commit().await?;
+        Ok(rows.first().map_or(0, Val::i64))
+    }
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}
+
+/// An open transaction.
+pub struct DbTx {
+    inner: TxInner,
+    q: Arc<Queries>,
+}
+
+const KV_COLS: [Col; 6] = [
+    Col::Bytes,
+    Col::I64,
+    Col::I64,
+    Col::I64,
+    Col::I64,
+    Col::Bytes,
+];
+
+fn kvs_from(vals: Vec<Val>) -> Result<Vec<KeyValue>> {
+    let mut out = Vec::with_capacity(vals.len() / KV_COLS.len());
+    let mut it = vals.into_iter();
+    while let Some(key) = it.next() {
+        let mut next = || it.next().ok_or_else(|| Error::Internal("short row".into()));
+        out.push(KeyValue {
+            key: key.bytes(),
+            create_revision: next()?.i64(),
+            mod_revision: next()?.i64(),
+            version: next()?.i64(),
+            lease: next()?.i64(),
+            value: next()?.bytes(),
+        });
+    }
+    Ok(out)
+}
+
+/// Arguments for the bounded and unbounded forms of a range query.
+fn range_args(range: &KeyRange) -> (bool, Vec<Arg<'_>>) {
+    match &range.end {
+        Some(end) => (true, vec![Arg::Bytes(&range.start), Arg::Bytes(end)]),
+        None => (false, vec![Arg::Bytes(&range.start)]),
+    }
+}
+
+impl DbTx {
+    pub async fn commit(self) -> Result<()> {
+        self.inner.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        self.inner.rollback().await
+    }
+
+    async fn fetch(&mut self, q: Q, args: &[Arg<'_>], cols: &[Col]) -> Result<Vec<Val>> {
+        let sql = self.q.get(q);
+        self.inner.fetch(sql, args, cols).await
+    }
+
+    async fn exec(&mut self, q: Q, args: &[Arg<'_>]) -> Result<u64> {
+        let sql = self.q.get(q);
+        self.inner.exec(sql, args).await
+    }
+
+    /// Reads the meta row, locking it for the rest of a write transaction.
+    pub async fn lock_meta(&mut self) -> Result<Meta> {
+        self.meta(Q::MetaLock).await
+    }
+
+    /// Reads the meta row without locking.
+    pub async fn read_meta(&mut self) -> Result<Meta> {
+        self.meta(Q::MetaRead).await
+    }
+
+    async fn meta(&mut self, q: Q) -> Result<Meta> {
+        let v = self.fetch(q, &[], &[Col::I64, Col::I64]).await?;
+        match v.as_slice() {
+            [rev, compact] => Ok(Meta {
+                revision: rev.i64(),
+                compact_revision: compact.i64(),
+            }),
+            _ => Err(Error::Internal("koine_meta row missing".into())),
+        }
+    }
+
+    pub async fn cluster_id(&mut self) -> Result<u64> {
+        let v = self.fetch(Q::ClusterId, &[], &[Col::I64]).await?;
+        Ok(v.first().map_or(0, Val::i64) as u64)
+    }
+
+    pub async fn set_revision(&mut self, revision: Revision) -> Result<()> {
+        self.exec(Q::MetaSetRevision, &[Arg::I64(revision)]).await?;
+        Ok(())
+    }
+
+    pub async fn set_compact_revision(&mut self, revision: Revision) -> Result<()> {
+        self.exec(Q::MetaSetCompact, &[Arg::I64(revision)]).await?;
+        Ok(())
+    }
+
+    /// The live version of `key`, if any.
+    pub async fn get(&mut self, key: &[u8]) -> Result<Option<KeyValue>> {
+        let v = self.fetch(Q::KvGet, &[Arg::Bytes(key)], &KV_COLS).await?;
+        Ok(kvs_from(v)?.pop())
+    }
+
+    /// Live keys in `range`, ascending, at most `limit` (`None` = all).
+    pub async fn range_current(
+        &mut self,
+        range: &KeyRange,
+        limit: Option<i64>,
+    ) -> Result<Vec<KeyValue>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (bounded, mut args) = range_args(range);
+        args.push(Arg::I64(limit.unwrap_or(i64::MAX)));
+        let q = if bounded { Q::KvRange } else { Q::KvRangeOpen };
+        kvs_from(self.fetch(q, &args, &KV_COLS).await?)
+    }
+
+    pub async fn count_current(&mut self, range: &KeyRange) -> Result<i64> {
+        if range.is_empty() {
+            return Ok(0);
+        }
+        let (bounded, args) = range_args(range);
+        let q = if bounded { Q::KvCount } else { Q::KvCountOpen };
+        Ok(self.fetch(q, &args, &[Col::I64]).await?[0].i64())
+    }
+
+    /// Keys live at `revision` in `range`, ascending, at most `limit`. Only
+    /// valid for revisions not below the physically compacted point.
+    pub async fn range_at(
+        &mut self,
+        range: &KeyRange,
+        revision: Revision,
+        limit: Option<i64>,
+    ) -> Result<Vec<KeyValue>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (bounded, mut args) = range_args(range);
+        args.push(Arg::I64(revision));
+        args.push(Arg::I64(revision));
+        args.push(Arg::I64(limit.unwrap_or(i64::MAX)));
+        let q = if bounded {
+            Q::LogRangeAt
+        } else {
+            Q::LogRangeAtOpen
+        };
+        kvs_from(self.fetch(q, &args, &KV_COLS).await?)
+    }
+
+    pub async fn count_at(&mut self, range: &KeyRange, revision: Revision) -> Result<i64> {
+        if range.is_empty() {
+            return Ok(0);
+        }
+        let (bounded, mut args) = range_args(range);
+        args.push(Arg::I64(revision));
+        args.push(Arg::I64(revision));
+        let q = if bounded {
+            Q::LogCountAt
+        } else {
+            Q::LogCountAtOpen
+        };
+        Ok(self.fetch(q, &args, &[Col::I64]).await?[0].i64())
+    }
+
+    pub async fn upsert(&mut self, kv: &KeyValue) -> Result<()> {
+        self.exec(
+            Q::KvUpsert,
+            &[
+                Arg::Bytes(&kv.key),
+                Arg::I64(kv.create_revision),
+                Arg::I64(kv.mod_revision),
+                Arg::I64(kv.version),
+                Arg::I64(kv.lease),
+                Arg::Bytes(&kv.value),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_key(&mut self, key: &[u8]) -> Result<()> {
+        self.exec(Q::KvDelete, &[Arg::Bytes(key)]).await?;
+        Ok(())
+    }
+
+    /// Appends rows to the log in as few statements as the size limits allow.
+    pub async fn append_log(&mut self, rows: &[LogRow]) -> Result<()> {
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < rows.len() && end - start < LOG_CHUNK_ROWS {
+                let size = rows[end].kv.key.len() + rows[end].kv.value.len() + 64;
+                if end > start && bytes + size > LOG_CHUNK_BYTES {
+                    break;
+                }
+                bytes += size;
+                end += 1;
+            }
+            let chunk = &rows[start..end];
+            let mut args = Vec::with_capacity(chunk.len() * 9);
+            for r in chunk {
+                args.extend([
+                    Arg::I64(r.revision),
+                    Arg::I64(r.sub),
+                    Arg::Bytes(&r.kv.key),
+                    Arg::I64(r.kv.create_revision),
+                    Arg::I64(r.kv.version),
+                    Arg::I64(r.kv.lease),
+                    Arg::Bytes(&r.kv.value),
+                    Arg::I64(i64::from(r.deleted)),
+                    Arg::I64(r.prev_revision),
+                ]);
+            }
+            let sql = self.q.log_insert(chunk.len());
+            self.inner.exec(&sql, &args).await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Changes with revision in `(after, upto]`, in order, each with the
+    /// version it replaced. At most `limit` rows; a revision is never split
+    /// unless it alone exceeds the limit.
+    pub async fn changes(
+        &mut self,
+        after: Revision,
+        upto: Revision,
+        limit: i64,
+    ) -> Result<Vec<LoggedChange>> {
+        const COLS: [Col; 15] = [
+            Col::I64,
+            Col::I64,
+            Col::Bytes,
+            Col::I64,
+            Col::I64,
+            Col::I64,
+            Col::Bytes,
+            Col::I64,
+            Col::I64,
+            // prev: create, mod, version, lease, value (NULL when absent)
+            Col::I64,
+            Col::I64,
+            Col::I64,
+            Col::I64,
+            Col::Bytes,
+            Col::I64,
+        ];
+        let v = self
+            .fetch(
+                Q::LogChanges,
+                &[Arg::I64(after), Arg::I64(upto), Arg::I64(limit)],
+                &COLS,
+            )
+            .await?;
+        let mut out = Vec::with_capacity(v.len() / COLS.len());
+        for row in v.chunks_exact(COLS.len()) {
+            let key = row[2].clone().bytes();
+            let prev = (!row[14].is_null()).then(|| KeyValue {
+                key: key.clone(),
+                create_revision: row[9].i64(),
+                mod_revision: row[10].i64(),
+                version: row[11].i64(),
+                lease: row[12].i64(),
+                value: row[13].clone().bytes(),
+            });
+            out.push(LoggedChange {
+                row: LogRow {
+                    revision: row[0].i64(),
+                    sub: row[1].i64(),
+                    kv: KeyValue {
+                        key,
+                        create_revision: row[3].i64(),
+                        mod_revision: row[0].i64(),
+                        version: row[4].i64(),
+                        lease: row[5].i64(),
+                        value: row[6].clone().bytes(),
+                    },
+                    deleted: row[7].i64() != 0,
+                    prev_revision: row[8].i64(),
+                },
+                prev,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn lease_get(&mut self, id: LeaseId) -> Result<Option<LeaseRow>> {
+        let v = self
+            .fetch(
+                Q::LeaseGet,
+                &[Arg::I64(id)],
+                &[Col::I64, Col::I64, Col::I64],
+            )
+            .await?;
+        Ok(v.chunks_exact(3).next().map(|r| LeaseRow {
+            id: r[0].i64(),
+            ttl: r[1].i64(),
+            remaining_ms: r[2].i64(),
+        }))
+    }
+
+    pub async fn lease_list(&mut self) -> Result<Vec<LeaseRow>> {
+        let v = self
+            .fetch(Q::LeaseList, &[], &[Col::I64, Col::I64, Col::I64])
+            .await?;
+        Ok(v.chunks_exact(3)
+            .map(|r| LeaseRow {
+                id: r[0].i64(),
+                ttl: r[1].i64(),
+                remaining_ms: r[2].i64(),
+            })
+            .collect())
+    }
+
+    /// Ids of leases whose expiry has passed on the database clock.
+    pub async fn leases_expired(&mut self, limit: i64) -> Result<Vec<LeaseId>> {
+        let v = self
+            .fetch(Q::LeaseExpired, &[Arg::I64(limit)], &[Col::I64])
+            .await?;
+        Ok(v.iter().map(Val::i64).collect())
+    }
+
+    /// Creates a lease expiring `ttl` seconds from now (database clock).
+    pub async fn lease_insert(&mut self, id: LeaseId, ttl: i64) -> Result<()> {
+        self.exec(
+            Q::LeaseInsert,
+            &[
+                Arg::I64(id),
+                Arg::I64(ttl),
+                Arg::I64(ttl.saturating_mul(1000)),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Restarts a lease's countdown from its TTL.
+    pub async fn lease_refresh(&mut self, id: LeaseId) -> Result<()> {
+        self.exec(Q::LeaseRefresh, &[Arg::I64(id)]).await?;
+        Ok(())
+    }
+
+    pub async fn lease_delete(&mut self, id: LeaseId) -> Result<()> {
+        self.exec(Q::LeaseDelete, &[Arg::I64(id)]).await?;
+        Ok(())
+    }
+
+    /// Live keys attached to a lease, ascending.
+    pub async fn keys_with_lease(&mut self, id: LeaseId) -> Result<Vec<KeyValue>> {
+        kvs_from(self.fetch(Q::KvByLease, &[Arg::I64(id)], &KV_COLS).await?)
+    }
+
+    /// Deletes log rows made unreachable by a compaction at `compact`, for
+    /// revisions in `[from, to)`. Returns the number of rows removed.
+    pub async fn compact_step(
+        &mut self,
+        compact: Revision,
+        from: Revision,
+        to: Revision,
+    ) -> Result<u64> {
+        let superseded = self
+            .exec(
+                Q::LogCompactSuperseded,
+                &[Arg::I64(from), Arg::I64(to), Arg::I64(compact)],
+            )
+            .await?;
+        let tombstones = self
+            .exec(
+                Q::LogCompactTombstones,
+                &[Arg::I64(from), Arg::I64(to), Arg::I64(compact)],
+            )
+            .await?;
+        self.exec(Q::MetaSetCompactedTo, &[Arg::I64(to - 1)])
+            .await?;
+        Ok(superseded + tombstones)
+    }
+
+    /// Revision up to which the log has been physically compacted.
+    pub async fn compacted_to(&mut self) -> Result<Revision> {
+        let v = self.fetch(Q::MetaCompactedTo, &[], &[Col::I64]).await?;
+        Ok(v.first().map_or(0, Val::i64))
+    }
+}
+
+impl Val {
+    pub fn i64(&self) -> i64 {
+        match self {
+            Val::I64(v) => *v,
+            _ => 0,
+        }
+    }
+
+    pub fn bytes(self) -> Bytes {
+        match self {
+            Val::Bytes(b) => Bytes::from(b),
+            _ => Bytes::new(),
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Val::Null)
+    }
+}

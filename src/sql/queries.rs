@@ -1,0 +1,291 @@
+//! The SQL text, written once with `?` placeholders and rendered per dialect.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+/// Every statement the store runs, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Q {
+    MetaLock,
+    MetaRead,
+    MetaSetRevision,
+    MetaSetCompact,
+    MetaSetCompactedTo,
+    MetaCompactedTo,
+    ClusterId,
+    KvGet,
+    KvRange,
+    KvRangeOpen,
+    KvCount,
+    KvCountOpen,
+    LogRangeAt,
+    LogRangeAtOpen,
+    LogCountAt,
+    LogCountAtOpen,
+    KvUpsert,
+    KvDelete,
+    KvByLease,
+    LogChanges,
+    LogCompactSuperseded,
+    LogCompactTombstones,
+    LeaseGet,
+    LeaseList,
+    LeaseExpired,
+    LeaseInsert,
+    LeaseRefresh,
+    LeaseDelete,
+    DbSize,
+}
+
+const KV_FIELDS: &str = "key, create_revision, mod_revision, version, lease, value";
+
+/// Rendered statements for one dialect.
+pub struct Queries {
+    dialect: Dialect,
+    texts: HashMap<Q, Arc<str>>,
+    log_inserts: Mutex<HashMap<usize, Arc<str>>>,
+}
+
+impl Queries {
+    pub fn new(dialect: Dialect) -> Queries {
+        let now_ms = match dialect {
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+            Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            Dialect::MySql => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+        };
+        let for_update = match dialect {
+            Dialect::Sqlite => "",
+            _ => " FOR UPDATE",
+        };
+        let upsert = match dialect {
+            Dialect::MySql => format!(
+                "INSERT INTO koine_kv ({KV_FIELDS}) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE create_revision = VALUES(create_revision), \
+                 mod_revision = VALUES(mod_revision), version = VALUES(version), \
+                 lease = VALUES(lease), value = VALUES(value)"
+            ),
+            _ => format!(
+                "INSERT INTO koine_kv ({KV_FIELDS}) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (key) DO UPDATE SET create_revision = excluded.create_revision, \
+                 mod_revision = excluded.mod_revision, version = excluded.version, \
+                 lease = excluded.lease, value = excluded.value"
+            ),
+        };
+        // The latest log row per key at a revision: no newer row at or below it.
+        let log_at = |bounded: bool, count: bool| {
+            let select = if count {
+                "SELECT COUNT(*)".to_string()
+            } else {
+                "SELECT l.key, l.create_revision, l.revision, l.version, l.lease, l.value".into()
+            };
+            let end = if bounded { " AND l.key < ?" } else { "" };
+            let tail = if count { "" } else { " ORDER BY l.key LIMIT ?" };
+            format!(
+                "{select} FROM koine_log l WHERE l.key >= ?{end} AND l.revision <= ? \
+                 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM koine_log n \
+                 WHERE n.key = l.key AND n.revision > l.revision AND n.revision <= ?){tail}"
+            )
+        };
+        let compact_superseded = match dialect {
+            Dialect::MySql => "DELETE l FROM koine_log l JOIN koine_log n ON n.key = l.key \
+                AND n.revision > l.revision WHERE l.revision >= ? AND l.revision < ? \
+                AND n.revision <= ?"
+                .to_string(),
+            _ => "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND EXISTS \
+                (SELECT 1 FROM koine_log n WHERE n.key = koine_log.key \
+                AND n.revision > koine_log.revision AND n.revision <= ?)"
+                .to_string(),
+        };
+        let db_size = match dialect {
+            Dialect::Sqlite => "SELECT page_count * page_size FROM pragma_page_count(), \
+                pragma_page_size()"
+                .to_string(),
+            Dialect::Postgres => {
+                "SELECT CAST(pg_database_size(current_database()) AS BIGINT)".to_string()
+            }
+            Dialect::MySql => {
+                "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS SIGNED) \
+                FROM information_schema.tables WHERE table_schema = DATABASE()"
+                    .to_string()
+            }
+        };
+        let texts: Vec<(Q, String)> = vec![
+            (
+                Q::MetaLock,
+                format!(
+                    "SELECT revision, compact_revision FROM koine_meta WHERE id = 1{for_update}"
+                ),
+            ),
+            (
+                Q::MetaRead,
+                "SELECT revision, compact_revision FROM koine_meta WHERE id = 1".into(),
+            ),
+            (
+                Q::MetaSetRevision,
+                "UPDATE koine_meta SET revision = ? WHERE id = 1".into(),
+            ),
+            (
+                Q::MetaSetCompact,
+                "UPDATE koine_meta SET compact_revision = ? WHERE id = 1".into(),
+            ),
+            (
+                Q::MetaSetCompactedTo,
+                "UPDATE koine_meta SET compacted_to = ? WHERE id = 1".into(),
+            ),
+            (
+                Q::MetaCompactedTo,
+                "SELECT compacted_to FROM koine_meta WHERE id = 1".into(),
+            ),
+            (
+                Q::ClusterId,
+                "SELECT cluster_id FROM koine_meta WHERE id = 1".into(),
+            ),
+            (
+                Q::KvGet,
+                format!("SELECT {KV_FIELDS} FROM koine_kv WHERE key = ?"),
+            ),
+            (
+                Q::KvRange,
+                format!(
+                    "SELECT {KV_FIELDS} FROM koine_kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
+                ),
+            ),
+            (
+                Q::KvRangeOpen,
+                format!("SELECT {KV_FIELDS} FROM koine_kv WHERE key >= ? ORDER BY key LIMIT ?"),
+            ),
+            (
+                Q::KvCount,
+                "SELECT COUNT(*) FROM koine_kv WHERE key >= ? AND key < ?".into(),
+            ),
+            (
+                Q::KvCountOpen,
+                "SELECT COUNT(*) FROM koine_kv WHERE key >= ?".into(),
+            ),
+            (Q::LogRangeAt, log_at(true, false)),
+            (Q::LogRangeAtOpen, log_at(false, false)),
+            (Q::LogCountAt, log_at(true, true)),
+            (Q::LogCountAtOpen, log_at(false, true)),
+            (Q::KvUpsert, upsert),
+            (Q::KvDelete, "DELETE FROM koine_kv WHERE key = ?".into()),
+            (
+                Q::KvByLease,
+                format!("SELECT {KV_FIELDS} FROM koine_kv WHERE lease = ? ORDER BY key"),
+            ),
+            (
+                Q::LogChanges,
+                "SELECT l.revision, l.sub, l.key, l.create_revision, l.version, l.lease, \
+                 l.value, l.deleted, l.prev_revision, p.create_revision, p.revision, \
+                 p.version, p.lease, p.value, p.sub FROM koine_log l LEFT JOIN koine_log p \
+                 ON p.key = l.key AND p.revision = l.prev_revision AND l.prev_revision > 0 \
+                 WHERE l.revision > ? AND l.revision <= ? ORDER BY l.revision, l.sub LIMIT ?"
+                    .into(),
+            ),
+            (Q::LogCompactSuperseded, compact_superseded),
+            (
+                Q::LogCompactTombstones,
+                "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND deleted = 1 \
+                 AND revision <= ?"
+                    .into(),
+            ),
+            (
+                Q::LeaseGet,
+                format!("SELECT id, ttl, expires_at - {now_ms} FROM koine_lease WHERE id = ?"),
+            ),
+            (
+                Q::LeaseList,
+                format!("SELECT id, ttl, expires_at - {now_ms} FROM koine_lease ORDER BY id"),
+            ),
+            (
+                Q::LeaseExpired,
+                format!(
+                    "SELECT id FROM koine_lease WHERE expires_at <= {now_ms} ORDER BY expires_at LIMIT ?"
+                ),
+            ),
+            (
+                Q::LeaseInsert,
+                format!(
+                    "INSERT INTO koine_lease (id, ttl, expires_at) VALUES (?, ?, {now_ms} + ?)"
+                ),
+            ),
+            (
+                Q::LeaseRefresh,
+                format!("UPDATE koine_lease SET expires_at = {now_ms} + ttl * 1000 WHERE id = ?"),
+            ),
+            (
+                Q::LeaseDelete,
+                "DELETE FROM koine_lease WHERE id = ?".into(),
+            ),
+            (Q::DbSize, db_size),
+        ];
+        Queries {
+            dialect,
+            texts: texts
+                .into_iter()
+                .map(|(q, sql)| (q, render(dialect, &sql).into()))
+                .collect(),
+            log_inserts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, q: Q) -> &Arc<str> {
+        &self.texts[&q]
+    }
+
+    /// A multi-row INSERT into the log for `rows` rows (cached per size).
+    pub fn log_insert(&self, rows: usize) -> Arc<str> {
+        let mut cache = self.log_inserts.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(rows)
+            .or_insert_with(|| {
+                let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                let values = vec![one; rows].join(", ");
+                let sql = format!(
+                    "INSERT INTO koine_log (revision, sub, key, create_revision, version, lease, \
+                     value, deleted, prev_revision) VALUES {values}"
+                );
+                render(self.dialect, &sql).into()
+            })
+            .clone()
+    }
+}
+
+/// Rewrites `?` placeholders to `$1, $2, …` for PostgreSQL.
+fn render(dialect: Dialect, sql: &str) -> String {
+    if dialect != Dialect::Postgres {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_placeholders_are_numbered() {
+        assert_eq!(
+            render(Dialect::Postgres, "a = ? AND b < ?"),
+            "a = $1 AND b < $2"
+        );
+        assert_eq!(render(Dialect::MySql, "a = ?"), "a = ?");
+    }
+}

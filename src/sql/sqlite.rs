@@ -1,0 +1,115 @@
+//! SQLite: the embedded default. One writer connection (`BEGIN IMMEDIATE`,
+//! WAL, `synchronous=FULL` so an acknowledged write survives power loss) and a
+//! small pool of readers that see committed snapshots.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use super::{Db, Dialect, Pool};
+
+/// Where and how to open the SQLite file, parsed from a kine-style DSN.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    pub journal_mode: SqliteJournalMode,
+    pub synchronous: SqliteSynchronous,
+    pub busy_timeout: Duration,
+}
+
+impl SqliteConfig {
+    /// Parses `sqlite://path?params`, `sqlite:path` or a bare path. Accepts
+    /// go-sqlite3's `_journal_mode`, `_busy_timeout` (ms), `_synchronous`,
+    /// and ignores the other go-sqlite3 parameters kine users pass
+    /// (`_txlock`, `_stmt_cache_size`, `cache`, …).
+    pub fn parse(dsn: &str) -> anyhow::Result<SqliteConfig> {
+        let rest = dsn
+            .strip_prefix("sqlite://")
+            .or_else(|| dsn.strip_prefix("sqlite:"))
+            .unwrap_or(dsn);
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if path.is_empty() {
+            anyhow::bail!("sqlite endpoint has no file path");
+        }
+        let mut cfg = SqliteConfig {
+            path: PathBuf::from(path),
+            journal_mode: SqliteJournalMode::Wal,
+            synchronous: SqliteSynchronous::Full,
+            busy_timeout: Duration::from_secs(30),
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "_journal_mode" | "_journal" => {
+                    cfg.journal_mode = SqliteJournalMode::from_str(v)
+                        .map_err(|_| anyhow::anyhow!("invalid _journal_mode {v:?}"))?;
+                }
+                "_synchronous" | "_sync" => {
+                    cfg.synchronous = SqliteSynchronous::from_str(v)
+                        .map_err(|_| anyhow::anyhow!("invalid _synchronous {v:?}"))?;
+                }
+                "_busy_timeout" | "_timeout" => {
+                    let ms: u64 = v
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("invalid _busy_timeout {v:?}"))?;
+                    cfg.busy_timeout = Duration::from_millis(ms);
+                }
+                other => tracing::debug!(parameter = other, "ignoring sqlite DSN parameter"),
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+pub async fn connect(cfg: &SqliteConfig) -> anyhow::Result<Db> {
+    if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let opts = SqliteConnectOptions::new()
+        .filename(&cfg.path)
+        .create_if_missing(true)
+        .journal_mode(cfg.journal_mode)
+        .synchronous(cfg.synchronous)
+        .busy_timeout(cfg.busy_timeout)
+        .pragma("cache_size", "-16384")
+        .pragma("temp_store", "memory");
+    let write = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(opts.clone())
+        .await?;
+    sqlx::migrate!("migrations/sqlite").run(&write).await?;
+    let read = SqlitePoolOptions::new()
+        .max_connections(8)
+        .min_connections(1)
+        .connect_with(opts.read_only(true))
+        .await?;
+    tracing::info!(path = %cfg.path.display(), "opened SQLite database");
+    Ok(Db::new(
+        Dialect::Sqlite,
+        Pool::Sqlite(read),
+        Pool::Sqlite(write),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kine_dsn_forms() {
+        let c = SqliteConfig::parse(
+            "sqlite://./db/state.db?_journal_mode=WAL&cache=shared&_busy_timeout=5000&_txlock=immediate&_stmt_cache_size=20",
+        )
+        .unwrap();
+        assert_eq!(c.path, PathBuf::from("./db/state.db"));
+        assert_eq!(c.busy_timeout, Duration::from_millis(5000));
+        let c = SqliteConfig::parse("/tmp/x.db").unwrap();
+        assert_eq!(c.path, PathBuf::from("/tmp/x.db"));
+        assert!(SqliteConfig::parse("sqlite://?_journal_mode=WAL").is_err());
+    }
+}
