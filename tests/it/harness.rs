@@ -1,0 +1,276 @@
+//! Starting the servers tests talk to: Koine in-process (SQLite in a temp
+//! dir) or as a process, and a throwaway real etcd (Debian `etcd-server`).
+//! A missing binary fails the test loudly; nothing is skipped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+/// Which server a behaviour test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Koine on SQLite, in-process.
+    Sqlite,
+    /// A real etcd 3.4, to prove the test's expectations.
+    Etcd,
+}
+
+/// A running server of any target.
+pub struct Server {
+    pub target: Target,
+    pub endpoint: String,
+    _guard: Guard,
+}
+
+#[allow(dead_code)]
+enum Guard {
+    Koine(Koine),
+    Etcd(Etcd),
+}
+
+impl Server {
+    pub async fn start(target: Target) -> Server {
+        match target {
+            Target::Sqlite => {
+                let k = Koine::start(&[]).await;
+                Server {
+                    target,
+                    endpoint: k.endpoint.clone(),
+                    _guard: Guard::Koine(k),
+                }
+            }
+            Target::Etcd => {
+                let e = Etcd::start().await;
+                Server {
+                    target,
+                    endpoint: e.endpoint.clone(),
+                    _guard: Guard::Etcd(e),
+                }
+            }
+        }
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint.as_str()], None)
+            .await
+            .expect("connect")
+    }
+
+    pub fn is_koine(&self) -> bool {
+        self.target != Target::Etcd
+    }
+}
+
+/// Runs one behaviour test body against a fresh server of `target`.
+pub async fn run<F, Fut>(target: Target, body: F)
+where
+    F: FnOnce(Server) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let server = Server::start(target).await;
+    body(server).await;
+}
+
+/// Generates one `#[tokio::test]` per target for each named test body.
+#[macro_export]
+macro_rules! on_every_target {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::harness::{run, Target};
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() { run(Target::Sqlite, super::$name).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn etcd() { run(Target::Etcd, super::$name).await }
+            }
+        )*
+    };
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Koine running in this test process.
+pub struct Koine {
+    pub endpoint: String,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Koine {
+    /// Starts Koine on a fresh SQLite file with extra flags.
+    pub async fn start(extra: &[&str]) -> Koine {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Koine::start_in(dir, extra).await
+    }
+
+    pub async fn start_in(dir: TempDir, extra: &[&str]) -> Koine {
+        let db = dir.path().join("state.db");
+        let endpoint = format!("sqlite://{}", db.display());
+        let mut args = vec!["koine", "--endpoint", endpoint.as_str()];
+        args.extend_from_slice(extra);
+        let config = koine::config::Config::try_parse_from(args).expect("flags");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(koine::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        Koine {
+            endpoint: format!("http://{addr}"),
+            addr,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server gracefully and returns its data directory.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("koine exited with error");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for Koine {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A real etcd, started from Debian's `etcd-server` package.
+pub struct Etcd {
+    pub endpoint: String,
+    child: Child,
+    _dir: TempDir,
+}
+
+pub fn etcd_binary() -> PathBuf {
+    let p = PathBuf::from(std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into()));
+    assert!(
+        p.exists(),
+        "{} not found: install Debian's etcd-server (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+impl Etcd {
+    pub async fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client = free_port();
+        let peer = free_port();
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(etcd_binary())
+            .args([
+                "--name",
+                "default",
+                "--data-dir",
+                &dir.path().join("data").display().to_string(),
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &format!("default={peer_url}"),
+                "--log-level",
+                "error",
+                "--logger",
+                "zap",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn etcd");
+        wait_ready(&endpoint).await;
+        Etcd {
+            endpoint,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Waits until an etcd API answers Status at `endpoint`.
+pub async fn wait_ready(endpoint: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = etcd_client::Client::connect([endpoint], None).await
+            && c.status().await.is_ok()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{endpoint} did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `etcdctl` (API v3) against `endpoint` and returns stdout; panics
+/// with stderr on failure.
+pub async fn etcdctl(endpoint: &str, args: &[&str]) -> String {
+    let (ok, out, err) = etcdctl_raw(endpoint, args, None).await;
+    assert!(ok, "etcdctl {args:?} failed: {err}");
+    out
+}
+
+pub async fn etcdctl_raw(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let bin = Path::new("/usr/bin/etcdctl");
+    assert!(bin.exists(), "etcdctl not found: install Debian's etcd-client");
+    let mut cmd = Command::new(bin);
+    cmd.env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .arg("--dial-timeout=5s")
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn etcdctl");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input.as_bytes()).await.expect("write stdin");
+        drop(pipe);
+    }
+    let out = child.wait_with_output().await.expect("etcdctl output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

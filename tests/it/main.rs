@@ -1,0 +1,9 @@
+//! Koine's integration tests: one binary, one module per capability. Every
+//! test talks to a real server through clients we did not write
+//! (the etcd-client crate, Debian's etcdctl).
+
+mod harness;
+
+mod differential;
+mod etcdctl;
+mod kv;
