@@ -364,6 +364,7 @@ fn apply_txn<'a>(
             &req.failure
         };
         let mut responses = Vec::with_capacity(ops.len());
+        let mut revisions = Vec::with_capacity(ops.len());
         for op in ops {
             responses.push(match op {
                 Op::Range(r) => {
@@ -380,10 +381,12 @@ fn apply_txn<'a>(
                     OpResult::Txn(apply_txn(tx, state, changes, inner, path, cursor).await?)
                 }
             });
+            revisions.push(changes.read_point(state).current);
         }
         Ok(TxnResult {
             succeeded,
             responses,
+            revisions,
         })
     })
 }

@@ -236,6 +236,10 @@ pub enum OpResult {
 pub struct TxnResult {
     pub succeeded: bool,
     pub responses: Vec<OpResult>,
+    /// The store revision as each op saw it once applied: the revision
+    /// before the Txn until its first change, then the Txn's own revision
+    /// (etcd reports these in the inner response headers).
+    pub revisions: Vec<Revision>,
 }
 
 /// A write request as queued for the writer.

@@ -192,25 +192,47 @@ pub fn delete_response(s: &Shared, r: t::DeleteResult, revision: i64) -> pb::Del
 }
 
 pub fn txn_response(s: &Shared, r: t::TxnResult, revision: i64) -> pb::TxnResponse {
-    use pb::response_op::Response;
     pb::TxnResponse {
         header: s.header(revision),
         succeeded: r.succeeded,
-        responses: r
-            .responses
-            .into_iter()
-            .map(|op| pb::ResponseOp {
-                response: Some(match op {
-                    t::OpResult::Range(r) => {
-                        Response::ResponseRange(range_response(s, r, revision))
-                    }
-                    t::OpResult::Put(r) => Response::ResponsePut(put_response(s, r, revision)),
-                    t::OpResult::Delete(r) => {
-                        Response::ResponseDeleteRange(delete_response(s, r, revision))
-                    }
-                    t::OpResult::Txn(r) => Response::ResponseTxn(txn_response(s, r, revision)),
-                }),
-            })
-            .collect(),
+        responses: inner_responses(s, r.responses, r.revisions),
     }
+}
+
+/// Responses inside a Txn carry a header with only the revision set (and a
+/// nested Txn an empty one), as etcd's do.
+fn inner_responses(s: &Shared, ops: Vec<t::OpResult>, revisions: Vec<i64>) -> Vec<pb::ResponseOp> {
+    use pb::response_op::Response;
+    ops.into_iter()
+        .zip(revisions)
+        .map(|(op, revision)| {
+            let header = Some(pb::ResponseHeader {
+                revision,
+                ..Default::default()
+            });
+            pb::ResponseOp {
+                response: Some(match op {
+                    t::OpResult::Range(r) => Response::ResponseRange(pb::RangeResponse {
+                        header,
+                        ..range_response(s, r, revision)
+                    }),
+                    t::OpResult::Put(r) => Response::ResponsePut(pb::PutResponse {
+                        header,
+                        ..put_response(s, r, revision)
+                    }),
+                    t::OpResult::Delete(r) => {
+                        Response::ResponseDeleteRange(pb::DeleteRangeResponse {
+                            header,
+                            ..delete_response(s, r, revision)
+                        })
+                    }
+                    t::OpResult::Txn(r) => Response::ResponseTxn(pb::TxnResponse {
+                        header: Some(pb::ResponseHeader::default()),
+                        succeeded: r.succeeded,
+                        responses: inner_responses(s, r.responses, r.revisions),
+                    }),
+                }),
+            }
+        })
+        .collect()
 }

@@ -248,17 +248,28 @@ pub async fn etcdctl(endpoint: &str, args: &[&str]) -> String {
     out
 }
 
-pub async fn etcdctl_raw(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+pub async fn etcdctl_raw(
+    endpoint: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
     use tokio::io::AsyncWriteExt;
     let bin = Path::new("/usr/bin/etcdctl");
-    assert!(bin.exists(), "etcdctl not found: install Debian's etcd-client");
+    assert!(
+        bin.exists(),
+        "etcdctl not found: install Debian's etcd-client"
+    );
     let mut cmd = Command::new(bin);
     cmd.env("ETCDCTL_API", "3")
         .arg("--endpoints")
         .arg(endpoint)
         .arg("--dial-timeout=5s")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn etcdctl");

@@ -20,26 +20,45 @@ fn status(e: etcd_client::Error) -> (Code, String) {
 async fn put_get_revisions(s: Server) {
     let mut c = s.client().await;
     let r = c.put("a", "1", None).await.unwrap();
-    assert_eq!(r.header().unwrap().revision(), 2, "store starts at revision 1");
+    assert_eq!(
+        r.header().unwrap().revision(),
+        2,
+        "store starts at revision 1"
+    );
     c.put("a", "2", None).await.unwrap();
     c.put("b", "1", None).await.unwrap();
     let g = c.get("a", None).await.unwrap();
     assert_eq!(g.header().unwrap().revision(), 4);
     let kv = &g.kvs()[0];
     assert_eq!(
-        (kv.value(), kv.create_revision(), kv.mod_revision(), kv.version()),
+        (
+            kv.value(),
+            kv.create_revision(),
+            kv.mod_revision(),
+            kv.version()
+        ),
         (&b"2"[..], 2, 3, 2)
     );
     // Re-creating a deleted key resets version and create_revision.
     let d = c.delete("a", None).await.unwrap();
     assert_eq!((d.deleted(), d.header().unwrap().revision()), (1, 5));
     let d = c.delete("a", None).await.unwrap();
-    assert_eq!((d.deleted(), d.header().unwrap().revision()), (0, 5), "no-op delete keeps the revision");
+    assert_eq!(
+        (d.deleted(), d.header().unwrap().revision()),
+        (0, 5),
+        "no-op delete keeps the revision"
+    );
     c.put("a", "3", None).await.unwrap();
     let kv = c.get("a", None).await.unwrap().kvs()[0].clone();
-    assert_eq!((kv.create_revision(), kv.mod_revision(), kv.version()), (6, 6, 1));
+    assert_eq!(
+        (kv.create_revision(), kv.mod_revision(), kv.version()),
+        (6, 6, 1)
+    );
     // prev_kv on put.
-    let r = c.put("a", "4", Some(PutOptions::new().with_prev_key())).await.unwrap();
+    let r = c
+        .put("a", "4", Some(PutOptions::new().with_prev_key()))
+        .await
+        .unwrap();
     assert_eq!(r.prev_key().unwrap().value(), b"3");
     let missing = c.get("zzz", None).await.unwrap();
     assert!(missing.kvs().is_empty());
@@ -53,7 +72,10 @@ async fn range_options(s: Server) {
     }
     // revisions: p/a=2 p/b=3 p/c=4 p/d=5 q=6
     c.put("p/b", "again", None).await.unwrap(); // rev 7
-    let r = c.get("p/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let r = c
+        .get("p/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert_eq!(r.count(), 4);
     assert!(!r.more());
     let r = c
@@ -76,11 +98,20 @@ async fn range_options(s: Server) {
         .get("p/b", Some(GetOptions::new().with_range("p/d")))
         .await
         .unwrap();
-    assert_eq!(r.kvs().iter().map(|kv| kv.key()).collect::<Vec<_>>(), vec![&b"p/b"[..], b"p/c"]);
-    let r = c.get("\0", Some(GetOptions::new().with_all_keys())).await.unwrap();
+    assert_eq!(
+        r.kvs().iter().map(|kv| kv.key()).collect::<Vec<_>>(),
+        vec![&b"p/b"[..], b"p/c"]
+    );
+    let r = c
+        .get("\0", Some(GetOptions::new().with_all_keys()))
+        .await
+        .unwrap();
     assert_eq!(r.count(), 5);
     let r = c
-        .get("p/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            "p/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
         .await
         .unwrap();
     assert_eq!((r.kvs().len(), r.count()), (0, 4));
@@ -102,18 +133,32 @@ async fn range_options(s: Server) {
         )
         .await
         .unwrap();
-    assert_eq!(r.kvs().iter().map(|kv| kv.key()).collect::<Vec<_>>(), vec![&b"p/b"[..], b"p/d"]);
+    assert_eq!(
+        r.kvs().iter().map(|kv| kv.key()).collect::<Vec<_>>(),
+        vec![&b"p/b"[..], b"p/d"]
+    );
     assert_eq!((r.more(), r.count()), (true, 4));
     let r = c
         .get(
             "p/",
-            Some(GetOptions::new().with_prefix().with_sort(SortTarget::Value, SortOrder::Ascend)),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Value, SortOrder::Ascend),
+            ),
         )
         .await
         .unwrap();
     assert_eq!(r.kvs()[0].value(), b"again");
     let r = c
-        .get("p/", Some(GetOptions::new().with_prefix().with_sort(SortTarget::Key, SortOrder::Descend)))
+        .get(
+            "p/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Key, SortOrder::Descend),
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(r.kvs()[0].key(), b"p/d");
@@ -121,42 +166,83 @@ async fn range_options(s: Server) {
     let r = c
         .get(
             "p/",
-            Some(GetOptions::new().with_prefix().with_min_mod_revision(4).with_max_mod_revision(5)),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_min_mod_revision(4)
+                    .with_max_mod_revision(5),
+            ),
         )
         .await
         .unwrap();
-    assert_eq!(r.kvs().iter().map(|kv| kv.key()).collect::<Vec<_>>(), vec![&b"p/c"[..], b"p/d"]);
+    assert_eq!(
+        r.kvs().iter().map(|kv| kv.key()).collect::<Vec<_>>(),
+        vec![&b"p/c"[..], b"p/d"]
+    );
     assert_eq!(r.count(), 4);
     let r = c
-        .get("p/", Some(GetOptions::new().with_prefix().with_max_create_revision(3)))
+        .get(
+            "p/",
+            Some(GetOptions::new().with_prefix().with_max_create_revision(3)),
+        )
         .await
         .unwrap();
     assert_eq!(r.kvs().len(), 2);
     // Historical reads.
-    let r = c.get("p/b", Some(GetOptions::new().with_revision(6))).await.unwrap();
+    let r = c
+        .get("p/b", Some(GetOptions::new().with_revision(6)))
+        .await
+        .unwrap();
     assert_eq!(r.kvs()[0].value(), b"v4");
-    assert_eq!(r.header().unwrap().revision(), 7, "header carries the current revision");
+    assert_eq!(
+        r.header().unwrap().revision(),
+        7,
+        "header carries the current revision"
+    );
     let r = c
         .get("p/", Some(GetOptions::new().with_prefix().with_revision(3)))
         .await
         .unwrap();
     assert_eq!(r.count(), 2);
     let r = c
-        .get("p/", Some(GetOptions::new().with_prefix().with_revision(3).with_count_only()))
+        .get(
+            "p/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_revision(3)
+                    .with_count_only(),
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(r.count(), 2);
-    let r = c.get("p/a", Some(GetOptions::new().with_revision(1))).await.unwrap();
+    let r = c
+        .get("p/a", Some(GetOptions::new().with_revision(1)))
+        .await
+        .unwrap();
     assert!(r.kvs().is_empty());
-    let e = c.get("p/a", Some(GetOptions::new().with_revision(8))).await.unwrap_err();
+    let e = c
+        .get("p/a", Some(GetOptions::new().with_revision(8)))
+        .await
+        .unwrap_err();
     assert_eq!(
         status(e),
-        (Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision".into())
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision".into()
+        )
     );
-    let r = c.get("p/a", Some(GetOptions::new().with_serializable())).await.unwrap();
+    let r = c
+        .get("p/a", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
     assert_eq!(r.count(), 1);
     // Negative limit means no limit.
-    let r = c.get("p/", Some(GetOptions::new().with_prefix().with_limit(-1))).await.unwrap();
+    let r = c
+        .get("p/", Some(GetOptions::new().with_prefix().with_limit(-1)))
+        .await
+        .unwrap();
     assert_eq!((r.kvs().len(), r.more()), (4, false));
 }
 
@@ -166,13 +252,23 @@ async fn delete_ranges(s: Server) {
         c.put(k, k, None).await.unwrap();
     }
     let r = c
-        .delete("d/", Some(DeleteOptions::new().with_prefix().with_prev_key()))
+        .delete(
+            "d/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
         .await
         .unwrap();
     assert_eq!(r.deleted(), 3);
     assert_eq!(r.prev_kvs().len(), 3);
-    assert_eq!(r.header().unwrap().revision(), 6, "one revision for the whole delete");
-    let r = c.get("d/2", Some(GetOptions::new().with_revision(5))).await.unwrap();
+    assert_eq!(
+        r.header().unwrap().revision(),
+        6,
+        "one revision for the whole delete"
+    );
+    let r = c
+        .get("d/2", Some(GetOptions::new().with_revision(5)))
+        .await
+        .unwrap();
     assert_eq!(r.kvs()[0].value(), b"d/2");
     let r = c.get("d/2", None).await.unwrap();
     assert!(r.kvs().is_empty());
@@ -191,7 +287,11 @@ async fn txn_semantics(s: Server) {
     assert_eq!(r.header().unwrap().revision(), 3);
     let r = c.txn(t).await.unwrap();
     assert!(!r.succeeded());
-    assert_eq!(r.header().unwrap().revision(), 3, "a read-only branch does not bump the revision");
+    assert_eq!(
+        r.header().unwrap().revision(),
+        3,
+        "a read-only branch does not bump the revision"
+    );
     match &r.op_responses()[0] {
         TxnOpResponse::Get(g) => assert_eq!(g.kvs()[0].value(), b"x"),
         other => panic!("unexpected {other:?}"),
@@ -214,7 +314,11 @@ async fn txn_semantics(s: Server) {
         ]);
     let r = c.txn(t).await.unwrap();
     assert!(r.succeeded());
-    assert_eq!(r.header().unwrap().revision(), 4, "all ops of a txn share one revision");
+    assert_eq!(
+        r.header().unwrap().revision(),
+        4,
+        "all ops of a txn share one revision"
+    );
     let ops = r.op_responses();
     match &ops[0] {
         TxnOpResponse::Put(p) => assert_eq!(p.prev_key().unwrap().value(), b"v1"),
@@ -223,7 +327,11 @@ async fn txn_semantics(s: Server) {
     match &ops[1] {
         TxnOpResponse::Get(g) => {
             let kv = &g.kvs()[0];
-            assert_eq!((kv.value(), kv.mod_revision(), kv.version()), (&b"v2"[..], 4, 2), "later ops see earlier ones");
+            assert_eq!(
+                (kv.value(), kv.mod_revision(), kv.version()),
+                (&b"v2"[..], 4, 2),
+                "later ops see earlier ones"
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -264,7 +372,11 @@ async fn txn_semantics(s: Server) {
     assert!(r.succeeded());
     assert_eq!(r.header().unwrap().revision(), rev + 1);
     let g = c.get("n1", None).await.unwrap();
-    assert_eq!(g.kvs()[0].value(), b"inner-then", "inner compare saw the state before the txn");
+    assert_eq!(
+        g.kvs()[0].value(),
+        b"inner-then",
+        "inner compare saw the state before the txn"
+    );
 }
 
 async fn txn_rejections(s: Server) {
@@ -273,7 +385,10 @@ async fn txn_rejections(s: Server) {
     let dup = Txn::new().and_then([TxnOp::put("a", "1", None), TxnOp::put("a", "2", None)]);
     assert_eq!(
         status(c.txn(dup).await.unwrap_err()),
-        (Code::InvalidArgument, "etcdserver: duplicate key given in txn request".into())
+        (
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request".into()
+        )
     );
     let overlap = Txn::new().and_then([
         TxnOp::delete("a", Some(DeleteOptions::new().with_prefix())),
@@ -283,18 +398,32 @@ async fn txn_rejections(s: Server) {
         status(c.txn(overlap).await.unwrap_err()).1,
         "etcdserver: duplicate key given in txn request"
     );
-    let ops: Vec<TxnOp> = (0..129).map(|i| TxnOp::put(format!("k{i}"), "v", None)).collect();
+    let ops: Vec<TxnOp> = (0..129)
+        .map(|i| TxnOp::put(format!("k{i}"), "v", None))
+        .collect();
     assert_eq!(
         status(c.txn(Txn::new().and_then(ops)).await.unwrap_err()),
-        (Code::InvalidArgument, "etcdserver: too many operations in txn request".into())
+        (
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request".into()
+        )
     );
-    let ops: Vec<TxnOp> = (0..128).map(|i| TxnOp::put(format!("k{i}"), "v", None)).collect();
+    let ops: Vec<TxnOp> = (0..128)
+        .map(|i| TxnOp::put(format!("k{i}"), "v", None))
+        .collect();
     let r = c.txn(Txn::new().and_then(ops)).await.unwrap();
     assert_eq!(r.header().unwrap().revision(), 3, "128 ops are allowed");
-    let bad_lease = Txn::new().and_then([TxnOp::put("x", "1", Some(PutOptions::new().with_lease(12345)))]);
+    let bad_lease = Txn::new().and_then([TxnOp::put(
+        "x",
+        "1",
+        Some(PutOptions::new().with_lease(12345)),
+    )]);
     assert_eq!(
         status(c.txn(bad_lease).await.unwrap_err()),
-        (Code::NotFound, "etcdserver: requested lease not found".into())
+        (
+            Code::NotFound,
+            "etcdserver: requested lease not found".into()
+        )
     );
     let future = Txn::new().and_then([TxnOp::get("k", Some(GetOptions::new().with_revision(100)))]);
     assert_eq!(
@@ -310,47 +439,89 @@ async fn invalid_requests(s: Server) {
     let mut c = s.client().await;
     assert_eq!(
         status(c.put("", "v", None).await.unwrap_err()),
-        (Code::InvalidArgument, "etcdserver: key is not provided".into())
+        (
+            Code::InvalidArgument,
+            "etcdserver: key is not provided".into()
+        )
     );
     assert_eq!(
         status(c.get("", None).await.unwrap_err()),
-        (Code::InvalidArgument, "etcdserver: key is not provided".into())
+        (
+            Code::InvalidArgument,
+            "etcdserver: key is not provided".into()
+        )
     );
     assert_eq!(
         status(c.delete("", None).await.unwrap_err()),
-        (Code::InvalidArgument, "etcdserver: key is not provided".into())
-    );
-    assert_eq!(
-        status(c.put("k", "v", Some(PutOptions::new().with_lease(999))).await.unwrap_err()),
-        (Code::NotFound, "etcdserver: requested lease not found".into())
-    );
-    assert_eq!(
-        status(c.put("k", "", Some(PutOptions::new().with_ignore_value())).await.unwrap_err()),
-        (Code::InvalidArgument, "etcdserver: key not found".into())
-    );
-    assert_eq!(
-        status(c.put("k", "v", Some(PutOptions::new().with_ignore_value())).await.unwrap_err()),
-        (Code::InvalidArgument, "etcdserver: value is provided".into())
+        (
+            Code::InvalidArgument,
+            "etcdserver: key is not provided".into()
+        )
     );
     assert_eq!(
         status(
-            c.put("k", "v", Some(PutOptions::new().with_ignore_lease().with_lease(5)))
+            c.put("k", "v", Some(PutOptions::new().with_lease(999)))
                 .await
                 .unwrap_err()
         ),
-        (Code::InvalidArgument, "etcdserver: lease is provided".into())
+        (
+            Code::NotFound,
+            "etcdserver: requested lease not found".into()
+        )
+    );
+    assert_eq!(
+        status(
+            c.put("k", "", Some(PutOptions::new().with_ignore_value()))
+                .await
+                .unwrap_err()
+        ),
+        (Code::InvalidArgument, "etcdserver: key not found".into())
+    );
+    assert_eq!(
+        status(
+            c.put("k", "v", Some(PutOptions::new().with_ignore_value()))
+                .await
+                .unwrap_err()
+        ),
+        (
+            Code::InvalidArgument,
+            "etcdserver: value is provided".into()
+        )
+    );
+    assert_eq!(
+        status(
+            c.put(
+                "k",
+                "v",
+                Some(PutOptions::new().with_ignore_lease().with_lease(5))
+            )
+            .await
+            .unwrap_err()
+        ),
+        (
+            Code::InvalidArgument,
+            "etcdserver: lease is provided".into()
+        )
     );
     let big = vec![b'x'; 1_600_000];
     assert_eq!(
         status(c.put("big", big, None).await.unwrap_err()),
-        (Code::InvalidArgument, "etcdserver: request is too large".into())
+        (
+            Code::InvalidArgument,
+            "etcdserver: request is too large".into()
+        )
     );
     // None of it changed anything.
-    let g = c.get("\0", Some(GetOptions::new().with_all_keys())).await.unwrap();
+    let g = c
+        .get("\0", Some(GetOptions::new().with_all_keys()))
+        .await
+        .unwrap();
     assert_eq!((g.count(), g.header().unwrap().revision()), (0, 1));
     // ignore_value / ignore_lease keep the old value / lease.
     c.put("k", "old", None).await.unwrap();
-    c.put("k", "", Some(PutOptions::new().with_ignore_value())).await.unwrap();
+    c.put("k", "", Some(PutOptions::new().with_ignore_value()))
+        .await
+        .unwrap();
     let kv = c.get("k", None).await.unwrap().kvs()[0].clone();
     assert_eq!((kv.value(), kv.version()), (&b"old"[..], 2));
 }
@@ -361,27 +532,52 @@ async fn compaction(s: Server) {
         c.put("c", format!("{i}"), None).await.unwrap(); // revs 2..=6
     }
     c.compact(4, None).await.unwrap();
-    let e = c.get("c", Some(GetOptions::new().with_revision(3))).await.unwrap_err();
+    let e = c
+        .get("c", Some(GetOptions::new().with_revision(3)))
+        .await
+        .unwrap_err();
     assert_eq!(
         status(e),
-        (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted".into())
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted".into()
+        )
     );
-    let r = c.get("c", Some(GetOptions::new().with_revision(4))).await.unwrap();
-    assert_eq!(r.kvs()[0].value(), b"2", "the compact revision itself stays readable");
+    let r = c
+        .get("c", Some(GetOptions::new().with_revision(4)))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.kvs()[0].value(),
+        b"2",
+        "the compact revision itself stays readable"
+    );
     let e = c.compact(4, None).await.unwrap_err();
     assert_eq!(
         status(e),
-        (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted".into())
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted".into()
+        )
     );
     let e = c.compact(100, None).await.unwrap_err();
     assert_eq!(
         status(e),
-        (Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision".into())
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision".into()
+        )
     );
-    c.compact(6, Some(etcd_client::CompactionOptions::new().with_physical()))
+    c.compact(
+        6,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .unwrap();
+    let r = c
+        .get("c", Some(GetOptions::new().with_revision(6)))
         .await
         .unwrap();
-    let r = c.get("c", Some(GetOptions::new().with_revision(6))).await.unwrap();
     assert_eq!(r.kvs()[0].value(), b"4");
     let r = c.get("c", None).await.unwrap();
     assert_eq!(r.kvs()[0].version(), 5, "versions survive compaction");
@@ -390,11 +586,22 @@ async fn compaction(s: Server) {
 async fn maintenance_and_cluster(s: Server) {
     let mut c = s.client().await;
     let st = c.status().await.unwrap();
-    let v: Vec<u32> = st.version().split('.').map(|p| p.parse().unwrap()).collect();
+    let v: Vec<u32> = st
+        .version()
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect();
     assert!(v >= vec![3, 4, 0], "version {:?}", st.version());
     assert!(st.db_size() > 0);
     assert_eq!(st.leader(), st.header().unwrap().member_id());
-    let alarms = c.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await.unwrap();
+    let alarms = c
+        .alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await
+        .unwrap();
     assert!(alarms.alarms().is_empty());
     let members = c.member_list().await.unwrap();
     assert_eq!(members.members().len(), 1);
@@ -407,16 +614,33 @@ async fn maintenance_and_cluster(s: Server) {
 
 async fn binary_keys(s: Server) {
     let mut c = s.client().await;
-    let keys: Vec<Vec<u8>> = vec![vec![0x01], vec![0x7f], vec![0x80], vec![0xc3, 0xa9], vec![0xff], vec![0xff, 0x00], vec![0xff, 0xff]];
+    let keys: Vec<Vec<u8>> = vec![
+        vec![0x01],
+        vec![0x7f],
+        vec![0x80],
+        vec![0xc3, 0xa9],
+        vec![0xff],
+        vec![0xff, 0x00],
+        vec![0xff, 0xff],
+    ];
     for k in &keys {
         c.put(k.clone(), k.clone(), None).await.unwrap();
     }
-    let r = c.get(vec![0x00], Some(GetOptions::new().with_from_key())).await.unwrap();
+    let r = c
+        .get(vec![0x00], Some(GetOptions::new().with_from_key()))
+        .await
+        .unwrap();
     let got: Vec<Vec<u8>> = r.kvs().iter().map(|kv| kv.key().to_vec()).collect();
     assert_eq!(got, keys, "keys are ordered bytewise");
-    let r = c.get(vec![0xff], Some(GetOptions::new().with_prefix())).await.unwrap();
+    let r = c
+        .get(vec![0xff], Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert_eq!(r.count(), 3);
-    let r = c.get(vec![0x80], Some(GetOptions::new().with_range(vec![0xff]))).await.unwrap();
+    let r = c
+        .get(vec![0x80], Some(GetOptions::new().with_range(vec![0xff])))
+        .await
+        .unwrap();
     assert_eq!(r.count(), 2);
 }
 
