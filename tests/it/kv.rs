@@ -605,7 +605,10 @@ async fn maintenance_and_cluster(s: Server) {
     assert!(alarms.alarms().is_empty());
     let members = c.member_list().await.unwrap();
     assert_eq!(members.members().len(), 1);
-    assert_eq!(members.members()[0].client_urls(), [s.endpoint.clone()]);
+    assert_eq!(
+        members.members()[0].client_urls(),
+        std::slice::from_ref(&s.endpoint)
+    );
     assert_eq!(members.members()[0].id(), st.header().unwrap().member_id());
     if s.is_koine() {
         assert!(v >= vec![3, 5, 13], "Kubernetes needs 3.5.13+");
@@ -655,3 +658,37 @@ on_every_target!(
     maintenance_and_cluster,
     binary_keys,
 );
+
+/// Acknowledged writes, leases and the compact revision survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_restart() {
+    let k = crate::harness::Koine::start(&[]).await;
+    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    c.put("a", "1", None).await.unwrap();
+    c.put("a", "2", None).await.unwrap();
+    let lease = c.lease_grant(300, None).await.unwrap().id();
+    c.put("l", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    c.compact(3, None).await.unwrap();
+    drop(c);
+    let dir = k.stop().await;
+    let k = crate::harness::Koine::start_in(dir, &[]).await;
+    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let g = c.get("a", None).await.unwrap();
+    assert_eq!(g.header().unwrap().revision(), 4);
+    assert_eq!((g.kvs()[0].value(), g.kvs()[0].version()), (&b"2"[..], 2));
+    let t = c.lease_time_to_live(lease, None).await.unwrap();
+    assert!(t.ttl() > 250, "lease keeps its remaining time: {}", t.ttl());
+    let e = c
+        .get("a", Some(GetOptions::new().with_revision(2)))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e).0, Code::OutOfRange);
+    let r = c.put("b", "x", None).await.unwrap();
+    assert_eq!(r.header().unwrap().revision(), 5, "revisions continue");
+}
