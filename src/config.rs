@@ -62,6 +62,11 @@ pub struct Config {
     #[arg(long, env = "KOINE_MIN_LEASE_TTL", default_value_t = 2)]
     pub min_lease_ttl: i64,
 
+    /// Interval of progress notifications to watchers that ask for them
+    /// (etcd's default 10m).
+    #[arg(long, env = "KOINE_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub watch_progress_notify_interval: Duration,
+
     /// How often expired leases are looked for.
     #[arg(long, env = "KOINE_LEASE_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub lease_check_interval: Duration,

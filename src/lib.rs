@@ -27,7 +27,7 @@ use mvcc::store::Store;
 use mvcc::writer::Writer;
 use proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use server::{Identity, Limits, Shared};
 
@@ -71,13 +71,17 @@ pub async fn run(
         max_txn_ops: config.max_txn_ops,
         max_request_bytes: config.max_request_bytes,
     };
+    let cancel = CancellationToken::new();
     let shared = Arc::new(Shared {
         store: store.clone(),
         identity,
         limits,
+        watch: server::watch::WatchConfig {
+            progress_interval: config.watch_progress_notify_interval,
+        },
+        shutdown: cancel.clone(),
     });
 
-    let cancel = CancellationToken::new();
     let background = tokio::spawn(mvcc::lease::expire_loop(
         store.clone(),
         config.lease_check_interval,
@@ -104,6 +108,13 @@ pub async fn run(
             })
             .max_decoding_message_size(decode_limit),
         )
+        .add_service(
+            WatchServer::new(server::watch::WatchService {
+                shared: shared.clone(),
+            })
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+        )
         .add_service(MaintenanceServer::new(
             server::maintenance::MaintenanceService {
                 shared: shared.clone(),
@@ -113,11 +124,17 @@ pub async fn run(
             shared: shared.clone(),
         }));
     tracing::info!(address = %local, revision = meta.revision, "serving etcd API");
+    // Streams (watch, keepalive) end when `cancel` fires, so that the
+    // graceful shutdown of the transport can complete.
+    let stop = cancel.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stop.cancel();
+    };
     router
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
 
-    cancel.cancel();
     let _ = background.await;
     drop(shared);
     drop(store);

@@ -74,7 +74,15 @@ impl Lease for LeaseService {
         let (tx, rx) = mpsc::channel(16);
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            while let Some(msg) = inbound.next().await {
+            loop {
+                let msg = tokio::select! {
+                    msg = inbound.next() => msg,
+                    _ = shared.shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable(crate::error::text::STOPPED))).await;
+                        break;
+                    }
+                };
+                let Some(msg) = msg else { break };
                 let reply = match msg {
                     Ok(m) => match shared
                         .store

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -65,6 +66,9 @@ pub struct Shared {
     pub store: Store,
     pub identity: Identity,
     pub limits: Limits,
+    pub watch: watch::WatchConfig,
+    /// Fired when the server shuts down; ends watch and keepalive streams.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub type SharedRef = Arc<Shared>;

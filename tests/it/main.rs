@@ -7,3 +7,5 @@ mod harness;
 mod differential;
 mod etcdctl;
 mod kv;
+mod lease;
+mod watch;
