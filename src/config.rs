@@ -67,6 +67,15 @@ pub struct Config {
     #[arg(long, env = "KOINE_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub watch_progress_notify_interval: Duration,
 
+    /// Background compaction interval; 0 disables it (Kubernetes compacts
+    /// through the API by itself).
+    #[arg(long, env = "KOINE_COMPACT_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub compact_interval: Duration,
+
+    /// Revisions kept by background compaction.
+    #[arg(long, env = "KOINE_COMPACT_MIN_RETAIN", default_value_t = 1000)]
+    pub compact_min_retain: i64,
+
     /// How often expired leases are looked for.
     #[arg(long, env = "KOINE_LEASE_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub lease_check_interval: Duration,

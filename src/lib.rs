@@ -82,11 +82,19 @@ pub async fn run(
         shutdown: cancel.clone(),
     });
 
-    let background = tokio::spawn(mvcc::lease::expire_loop(
-        store.clone(),
-        config.lease_check_interval,
-        cancel.clone(),
-    ));
+    let background = [
+        tokio::spawn(mvcc::lease::expire_loop(
+            store.clone(),
+            config.lease_check_interval,
+            cancel.clone(),
+        )),
+        tokio::spawn(mvcc::compactor::compact_loop(
+            store.clone(),
+            config.compact_interval,
+            config.compact_min_retain,
+            cancel.clone(),
+        )),
+    ];
 
     // tonic's own limit sits far above etcd's so that oversize requests get
     // etcd's error text from `Limits::check_size`.
@@ -135,7 +143,10 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
 
-    let _ = background.await;
+    cancel.cancel();
+    for task in background {
+        let _ = task.await;
+    }
     drop(shared);
     drop(store);
     // The writer stops once every handle is gone; wait for it to drain.

@@ -1,6 +1,7 @@
 //! etcd's semantics, written once for every database.
 
 pub mod apply;
+pub mod compactor;
 pub mod hub;
 pub mod lease;
 pub mod range;

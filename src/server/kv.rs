@@ -79,6 +79,15 @@ impl Kv for KvService {
             .await?;
         if req.physical {
             s.store.compact_physically().await?;
+        } else {
+            // Reads below the compact revision fail from now on; the rows
+            // themselves go in the background.
+            let store = s.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.compact_physically().await {
+                    tracing::warn!(error = %e, "physical compaction failed");
+                }
+            });
         }
         Ok(Response::new(pb::CompactionResponse {
             header: s.header(rev),

@@ -137,3 +137,43 @@ async fn etcdctl_lease_commands() {
     let (ok, _, err) = etcdctl_raw(e, &["lease", "revoke", &hex], None).await;
     assert!(!ok && err.contains("requested lease not found"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_watch_and_compaction() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let k = Koine::start(&[]).await;
+    let e = k.endpoint.as_str();
+    etcdctl(e, &["put", "w", "1"]).await;
+    etcdctl(e, &["put", "w", "2"]).await;
+    let mut child = tokio::process::Command::new("/usr/bin/etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", e, "watch", "w", "--rev=2", "--prev-kv"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    etcdctl(e, &["del", "w"]).await;
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("watch output in time")
+            .unwrap()
+            .unwrap();
+        got.push(line);
+    }
+    // PUT w 1, PUT w 2 (prev 1), DELETE w (prev 2), as etcdctl prints them.
+    assert_eq!(
+        got,
+        ["PUT", "w", "1", "PUT", "w", "1", "w", "2", "DELETE", "w"]
+    );
+    child.kill().await.unwrap();
+    assert_eq!(
+        etcdctl(e, &["compaction", "--physical", "3"]).await.trim(),
+        "compacted revision 3"
+    );
+    let (ok, _, err) = etcdctl_raw(e, &["watch", "w", "--rev=2"], None).await;
+    assert!(!ok || err.contains("compacted"), "{err}");
+}

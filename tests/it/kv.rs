@@ -692,3 +692,79 @@ async fn state_survives_restart() {
     let r = c.put("b", "x", None).await.unwrap();
     assert_eq!(r.header().unwrap().revision(), 5, "revisions continue");
 }
+
+/// kube-apiserver's compactor: a Txn on `compact_rev_key` guarded by its
+/// version, then Compact — with the key treated as an ordinary key.
+async fn compact_rev_key_protocol(s: Server) {
+    let mut c = s.client().await;
+    for i in 0..10 {
+        c.put("/registry/x", format!("{i}"), None).await.unwrap();
+    }
+    let key = "compact_rev_key";
+    let mut version = 0;
+    for _ in 0..2 {
+        let t = Txn::new()
+            .when([Compare::version(key, CompareOp::Equal, version)])
+            .and_then([TxnOp::put(key, "11", None)])
+            .or_else([TxnOp::get(key, None)]);
+        let r = c.txn(t).await.unwrap();
+        assert!(r.succeeded());
+        let rev = r.header().unwrap().revision();
+        c.compact(rev - 3, None).await.unwrap();
+        version += 1;
+        let g = c.get(key, None).await.unwrap();
+        assert_eq!(g.kvs()[0].version(), version);
+    }
+    // A stale compactor loses the race and reads the current version.
+    let t = Txn::new()
+        .when([Compare::version(key, CompareOp::Equal, 1)])
+        .and_then([TxnOp::put(key, "x", None)])
+        .or_else([TxnOp::get(key, None)]);
+    let r = c.txn(t).await.unwrap();
+    assert!(!r.succeeded());
+    match &r.op_responses()[0] {
+        TxnOpResponse::Get(g) => assert_eq!(g.kvs()[0].version(), 2),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+on_every_target!(compact_rev_key_protocol);
+
+/// Background compaction keeps `--compact-min-retain` revisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_compaction() {
+    let k =
+        crate::harness::Koine::start(&["--compact-interval", "100ms", "--compact-min-retain", "5"])
+            .await;
+    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        c.put("bg", format!("{i}"), None).await.unwrap(); // revs 2..=21
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = c.get("bg", Some(GetOptions::new().with_revision(15))).await;
+        if r.is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background compaction"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = c
+        .get("bg", Some(GetOptions::new().with_revision(16)))
+        .await
+        .unwrap();
+    assert_eq!(r.kvs()[0].value(), b"14");
+    let e = c
+        .get("bg", Some(GetOptions::new().with_revision(2)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status(e).1,
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+}

@@ -381,3 +381,42 @@ async fn resume_watch_after_restart() {
     }
     assert_eq!(seen, (2..62).collect::<Vec<i64>>());
 }
+
+/// A watcher that asked for fragments gets large responses split under the
+/// request size limit, each event whole, all but the last marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragmented_watch_responses() {
+    let k = Koine::start(&["--max-request-bytes", "10000"]).await;
+    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        c.put(format!("big/{i}"), vec![b'x'; 3000], None)
+            .await
+            .unwrap();
+    }
+    let mut w = c
+        .watch(
+            "big/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(1)
+                    .with_fragment(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(next(&mut w).await.created());
+    let mut events = 0;
+    let mut parts = Vec::new();
+    while events < 5 {
+        let r = next(&mut w).await;
+        events += r.events().len();
+        parts.push(r.0.fragment);
+    }
+    assert_eq!(events, 5);
+    assert!(parts.len() > 1, "split into fragments");
+    assert_eq!(parts.last(), Some(&false));
+    assert!(parts[..parts.len() - 1].iter().all(|f| *f));
+}
