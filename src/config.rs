@@ -28,8 +28,10 @@ pub struct Config {
     #[arg(long, env = "KOINE_LISTEN_ADDRESS", default_value = "127.0.0.1:2379")]
     pub listen_address: String,
 
-    /// Storage DSN: empty for SQLite at ./db/state.db, `sqlite://PATH`, or a
-    /// bare file path. The password in a DSN is never logged.
+    /// Storage DSN: empty for SQLite at ./db/state.db, `sqlite://PATH` or a
+    /// bare file path; `postgres://user:pass@host:5432/db`;
+    /// `mysql://user:pass@tcp(host:3306)/db` (or the URL form). The
+    /// password in a DSN is never logged.
     #[arg(long, env = "KOINE_ENDPOINT", default_value = "")]
     pub endpoint: String,
 
@@ -76,6 +78,27 @@ pub struct Config {
     #[arg(long, env = "KOINE_COMPACT_MIN_RETAIN", default_value_t = 1000)]
     pub compact_min_retain: i64,
 
+    /// How often other instances' writes are looked for (MySQL and SQLite;
+    /// PostgreSQL is woken by NOTIFY and polls only as a safety net).
+    #[arg(long, env = "KOINE_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+
+    /// CA certificate for verifying the database server (TLS to the database).
+    #[arg(long, env = "KOINE_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+
+    /// Client certificate presented to the database.
+    #[arg(long, env = "KOINE_CERT_FILE")]
+    pub cert_file: Option<std::path::PathBuf>,
+
+    /// Key of `--cert-file`.
+    #[arg(long, env = "KOINE_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
+
+    /// Use TLS to the database without verifying its certificate.
+    #[arg(long, env = "KOINE_SKIP_VERIFY")]
+    pub skip_verify: bool,
+
     /// How often expired leases are looked for.
     #[arg(long, env = "KOINE_LEASE_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub lease_check_interval: Duration,
@@ -85,9 +108,22 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Endpoint {
     Sqlite(SqliteConfig),
+    /// A `postgres://` or `postgresql://` DSN.
+    Postgres(String),
+    /// A `mysql://` DSN, URL or go-sql-driver form.
+    MySql(String),
 }
 
 impl Config {
+    pub fn db_tls(&self) -> crate::sql::DbTls {
+        crate::sql::DbTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            skip_verify: self.skip_verify,
+        }
+    }
+
     /// Parses the storage endpoint. Errors never include the DSN itself,
     /// since it may hold a password.
     pub fn storage(&self) -> anyhow::Result<Endpoint> {
@@ -97,7 +133,14 @@ impl Config {
         }
         let scheme = dsn.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
-            Some("sqlite") | None => Ok(Endpoint::Sqlite(SqliteConfig::parse(dsn)?)),
+            Some("sqlite") => Ok(Endpoint::Sqlite(SqliteConfig::parse(dsn)?)),
+            Some("postgres") | Some("postgresql") => Ok(Endpoint::Postgres(dsn.to_string())),
+            Some("mysql") => Ok(Endpoint::MySql(dsn.to_string())),
+            // kine's go-sql-driver form without a scheme: user@tcp(host)/db
+            None if dsn.contains("@tcp(") || dsn.contains("@unix(") => {
+                Ok(Endpoint::MySql(dsn.to_string()))
+            }
+            None => Ok(Endpoint::Sqlite(SqliteConfig::parse(dsn)?)),
             Some(other) => anyhow::bail!("unsupported endpoint scheme {other:?}"),
         }
     }

@@ -15,6 +15,7 @@ pub mod sql;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use config::{Config, Endpoint};
 use mvcc::hub::Hub;
 use mvcc::store::Store;
+use mvcc::tail::Feed;
 use mvcc::writer::Writer;
 use proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
@@ -44,6 +46,8 @@ pub async fn run(
     let local = listener.local_addr()?;
     let db = match config.storage()? {
         Endpoint::Sqlite(cfg) => sql::sqlite::connect(&cfg).await?,
+        Endpoint::Postgres(dsn) => sql::postgres::connect(&dsn, &config.db_tls()).await?,
+        Endpoint::MySql(dsn) => sql::mysql::connect(&dsn, &config.db_tls()).await?,
     };
     let (meta, cluster_id) = {
         let mut tx = db.begin_read().await?;
@@ -53,7 +57,8 @@ pub async fn run(
         (meta, cluster_id)
     };
     let hub = Arc::new(Hub::new(meta.revision, HUB_BYTES, HUB_REVISIONS));
-    let (writer, writer_task) = Writer::spawn(db.clone(), hub.clone(), config.min_lease_ttl);
+    let feed = Arc::new(Feed::new(hub.clone(), db.clone()));
+    let (writer, writer_task) = Writer::spawn(db.clone(), feed.clone(), config.min_lease_ttl);
     let store = Store {
         db: db.clone(),
         writer,
@@ -82,16 +87,30 @@ pub async fn run(
         shutdown: cancel.clone(),
     });
 
+    let is_leader = Arc::new(AtomicBool::new(false));
     let background = [
+        tokio::spawn(mvcc::tail::leader_loop(
+            db.clone(),
+            is_leader.clone(),
+            cancel.clone(),
+        )),
+        tokio::spawn(mvcc::tail::tail_loop(
+            feed,
+            db.clone(),
+            config.poll_interval,
+            cancel.clone(),
+        )),
         tokio::spawn(mvcc::lease::expire_loop(
             store.clone(),
             config.lease_check_interval,
+            is_leader.clone(),
             cancel.clone(),
         )),
         tokio::spawn(mvcc::compactor::compact_loop(
             store.clone(),
             config.compact_interval,
             config.compact_min_retain,
+            is_leader,
             cancel.clone(),
         )),
     ];

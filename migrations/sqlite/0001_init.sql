@@ -1,4 +1,5 @@
--- Koine schema for SQLite. Keys and values are BLOBs compared bytewise.
+-- Koine schema for SQLite. Keys (column `k`, since KEY is reserved in
+-- MySQL and the SQL text is shared) and values are BLOBs compared bytewise.
 
 -- One row (id = 1): the store revision and the compacted revision. Every
 -- write transaction takes this row first, which serialises writers and makes
@@ -18,7 +19,7 @@ VALUES (1, 1, 0, 0, abs(random()) % 9007199254740991 + 1);
 CREATE TABLE koine_log (
     revision INTEGER NOT NULL,
     sub INTEGER NOT NULL,
-    key BLOB NOT NULL,
+    k BLOB NOT NULL,
     create_revision INTEGER NOT NULL,
     version INTEGER NOT NULL,
     lease INTEGER NOT NULL,
@@ -28,11 +29,11 @@ CREATE TABLE koine_log (
     prev_revision INTEGER NOT NULL,
     PRIMARY KEY (revision, sub)
 );
-CREATE INDEX koine_log_key ON koine_log (key, revision);
+CREATE INDEX koine_log_key ON koine_log (k, revision);
 
 -- The latest version of each live key.
 CREATE TABLE koine_kv (
-    key BLOB PRIMARY KEY,
+    k BLOB PRIMARY KEY,
     create_revision INTEGER NOT NULL,
     mod_revision INTEGER NOT NULL,
     version INTEGER NOT NULL,

@@ -2,6 +2,8 @@
 //! revisions (as kine's `--compact-interval`/`--compact-min-retain`), then
 //! delete unreachable log rows in small steps.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -10,7 +12,13 @@ use crate::error::{Error, Result};
 use crate::mvcc::store::Store;
 use crate::mvcc::types::WriteRequest;
 
-pub async fn compact_loop(store: Store, every: Duration, retain: i64, cancel: CancellationToken) {
+pub async fn compact_loop(
+    store: Store,
+    every: Duration,
+    retain: i64,
+    is_leader: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
     if every.is_zero() {
         return;
     }
@@ -20,6 +28,9 @@ pub async fn compact_loop(store: Store, every: Duration, retain: i64, cancel: Ca
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if !is_leader.load(Ordering::SeqCst) {
+            continue;
         }
         if let Err(e) = compact_once(&store, retain).await {
             tracing::warn!(error = %e, "background compaction failed");

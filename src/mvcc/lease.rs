@@ -1,6 +1,8 @@
 //! Lease expiry: find leases past their expiry on the database clock and
 //! revoke them through the writer, so their keys are deleted with events.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,13 +13,21 @@ use crate::mvcc::types::WriteRequest;
 /// Leases revoked per writer request.
 const EXPIRE_BATCH: i64 = 64;
 
-pub async fn expire_loop(store: Store, every: Duration, cancel: CancellationToken) {
+pub async fn expire_loop(
+    store: Store,
+    every: Duration,
+    is_leader: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if !is_leader.load(Ordering::SeqCst) {
+            continue;
         }
         if let Err(e) = expire_once(&store).await {
             tracing::warn!(error = %e, "lease expiry check failed");

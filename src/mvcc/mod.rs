@@ -6,5 +6,6 @@ pub mod hub;
 pub mod lease;
 pub mod range;
 pub mod store;
+pub mod tail;
 pub mod types;
 pub mod writer;

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::mvcc::apply::{self, BatchState};
-use crate::mvcc::hub::Hub;
+use crate::mvcc::tail::Feed;
 use crate::mvcc::types::{Revision, WriteRequest, WriteResult};
 use crate::sql::{Db, DbTx};
 
@@ -37,13 +37,13 @@ impl Writer {
     /// Starts the writer task.
     pub fn spawn(
         db: Db,
-        hub: Arc<Hub>,
+        feed: Arc<Feed>,
         min_lease_ttl: i64,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(4096);
         let task = WriterTask {
             db,
-            hub,
+            feed,
             min_lease_ttl,
         };
         let handle = tokio::spawn(task.run(rx));
@@ -62,7 +62,7 @@ impl Writer {
 
 struct WriterTask {
     db: Db,
-    hub: Arc<Hub>,
+    feed: Arc<Feed>,
     min_lease_ttl: i64,
 }
 
@@ -106,7 +106,7 @@ impl WriterTask {
         match self.apply_all(&mut tx, reqs).await {
             Ok((state, replies)) => {
                 tx.commit().await?;
-                self.hub.publish(state.events);
+                self.feed.publish_local(state.events).await;
                 Ok(replies)
             }
             Err(e) => {
@@ -143,6 +143,7 @@ impl WriterTask {
         state.flush_log(tx).await?;
         if state.revision != start {
             tx.set_revision(state.revision).await?;
+            tx.notify(state.revision).await?;
         }
         Ok((state, replies))
     }

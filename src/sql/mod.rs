@@ -8,6 +8,8 @@
 //! dialect module only connects and runs migrations.
 
 mod exec;
+pub mod mysql;
+pub mod postgres;
 mod queries;
 pub mod sqlite;
 
@@ -24,6 +26,45 @@ pub use queries::{Dialect, Q, Queries};
 const LOG_CHUNK_ROWS: usize = 32;
 /// Bytes at most per multi-row INSERT (below MySQL's max_allowed_packet).
 const LOG_CHUNK_BYTES: usize = 4 << 20;
+
+/// TLS to the database (kine's `--ca-file/--cert-file/--key-file`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    pub skip_verify: bool,
+}
+
+/// Retries `attempt` with backoff until it succeeds, logging each failure
+/// without the DSN (it may hold a password).
+pub async fn retry_connect<T, F, Fut>(target: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut delay = std::time::Duration::from_millis(250);
+    loop {
+        match attempt().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!(%target, error = %redact_error(&e), retry_in = ?delay, "database not reachable, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// An error's text with anything that looks like a URL's credentials
+/// removed.
+pub fn redact_error(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    match (text.find("://"), text.rfind('@')) {
+        (Some(start), Some(at)) if at > start => format!("{}://***{}", &text[..start], &text[at..]),
+        _ => text,
+    }
+}
 
 /// A connected database: a pool for reads and one for the writer.
 #[derive(Clone)]
@@ -103,9 +144,69 @@ impl Db {
         Ok(rows.first().map_or(0, Val::i64))
     }
 
+    /// The newest committed revision (no snapshot needed).
+    pub async fn latest_revision(&self) -> Result<Revision> {
+        let mut tx = self.begin_read().await?;
+        let meta = tx.read_meta().await?;
+        tx.commit().await?;
+        Ok(meta.revision)
+    }
+
+    /// Tries to become the leader (the one instance that expires leases
+    /// and compacts). SQLite has a single writer process: always leader.
+    pub async fn try_leader(&self) -> Result<Option<LeaderSession>> {
+        match &self.write {
+            Pool::Sqlite(_) => Ok(Some(LeaderSession::Always)),
+            Pool::Postgres(p) => {
+                let mut conn = p.acquire().await?.detach();
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(727265001)")
+                    .fetch_one(&mut conn)
+                    .await?;
+                Ok(got.then_some(LeaderSession::Postgres(conn)))
+            }
+            Pool::MySql(p) => {
+                let mut conn = p.acquire().await?.detach();
+                let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('koine_leader', 0)")
+                    .fetch_one(&mut conn)
+                    .await?;
+                Ok((got == Some(1)).then_some(LeaderSession::MySql(conn)))
+            }
+        }
+    }
+
+    /// A LISTEN connection for revision notifications (PostgreSQL only).
+    pub async fn listener(&self) -> Result<Option<sqlx::postgres::PgListener>> {
+        match &self.read {
+            Pool::Postgres(p) => {
+                let mut l = sqlx::postgres::PgListener::connect_with(p).await?;
+                l.listen(postgres::CHANNEL).await?;
+                Ok(Some(l))
+            }
+            _ => Ok(None),
+        }
+    }
+
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
+    }
+}
+
+/// Holds the leader lock while it lives (a dedicated connection).
+pub enum LeaderSession {
+    Always,
+    Postgres(sqlx::PgConnection),
+    MySql(sqlx::MySqlConnection),
+}
+
+impl LeaderSession {
+    /// False once the lock's connection is gone (and with it the lock).
+    pub async fn alive(&mut self) -> bool {
+        match self {
+            LeaderSession::Always => true,
+            LeaderSession::Postgres(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
+            LeaderSession::MySql(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
+        }
     }
 }
 
@@ -196,6 +297,15 @@ impl DbTx {
 
     pub async fn set_revision(&mut self, revision: Revision) -> Result<()> {
         self.exec(Q::MetaSetRevision, &[Arg::I64(revision)]).await?;
+        Ok(())
+    }
+
+    /// Tells other instances about a new revision (PostgreSQL NOTIFY, sent
+    /// at commit); a no-op elsewhere, where they poll.
+    pub async fn notify(&mut self, revision: Revision) -> Result<()> {
+        if self.q.dialect() == Dialect::Postgres {
+            self.exec(Q::Notify, &[Arg::I64(revision)]).await?;
+        }
         Ok(())
     }
 

@@ -42,9 +42,10 @@ pub enum Q {
     LeaseRefresh,
     LeaseDelete,
     DbSize,
+    Notify,
 }
 
-const KV_FIELDS: &str = "key, create_revision, mod_revision, version, lease, value";
+const KV_FIELDS: &str = "k, create_revision, mod_revision, version, lease, value";
 
 /// Rendered statements for one dialect.
 pub struct Queries {
@@ -73,7 +74,7 @@ impl Queries {
             ),
             _ => format!(
                 "INSERT INTO koine_kv ({KV_FIELDS}) VALUES (?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (key) DO UPDATE SET create_revision = excluded.create_revision, \
+                 ON CONFLICT (k) DO UPDATE SET create_revision = excluded.create_revision, \
                  mod_revision = excluded.mod_revision, version = excluded.version, \
                  lease = excluded.lease, value = excluded.value"
             ),
@@ -83,23 +84,23 @@ impl Queries {
             let select = if count {
                 "SELECT COUNT(*)".to_string()
             } else {
-                "SELECT l.key, l.create_revision, l.revision, l.version, l.lease, l.value".into()
+                "SELECT l.k, l.create_revision, l.revision, l.version, l.lease, l.value".into()
             };
-            let end = if bounded { " AND l.key < ?" } else { "" };
-            let tail = if count { "" } else { " ORDER BY l.key LIMIT ?" };
+            let end = if bounded { " AND l.k < ?" } else { "" };
+            let tail = if count { "" } else { " ORDER BY l.k LIMIT ?" };
             format!(
-                "{select} FROM koine_log l WHERE l.key >= ?{end} AND l.revision <= ? \
+                "{select} FROM koine_log l WHERE l.k >= ?{end} AND l.revision <= ? \
                  AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM koine_log n \
-                 WHERE n.key = l.key AND n.revision > l.revision AND n.revision <= ?){tail}"
+                 WHERE n.k = l.k AND n.revision > l.revision AND n.revision <= ?){tail}"
             )
         };
         let compact_superseded = match dialect {
-            Dialect::MySql => "DELETE l FROM koine_log l JOIN koine_log n ON n.key = l.key \
+            Dialect::MySql => "DELETE l FROM koine_log l JOIN koine_log n ON n.k = l.k \
                 AND n.revision > l.revision WHERE l.revision >= ? AND l.revision < ? \
                 AND n.revision <= ?"
                 .to_string(),
             _ => "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND EXISTS \
-                (SELECT 1 FROM koine_log n WHERE n.key = koine_log.key \
+                (SELECT 1 FROM koine_log n WHERE n.k = koine_log.k \
                 AND n.revision > koine_log.revision AND n.revision <= ?)"
                 .to_string(),
         };
@@ -149,42 +150,42 @@ impl Queries {
             ),
             (
                 Q::KvGet,
-                format!("SELECT {KV_FIELDS} FROM koine_kv WHERE key = ?"),
+                format!("SELECT {KV_FIELDS} FROM koine_kv WHERE k = ?"),
             ),
             (
                 Q::KvRange,
                 format!(
-                    "SELECT {KV_FIELDS} FROM koine_kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
+                    "SELECT {KV_FIELDS} FROM koine_kv WHERE k >= ? AND k < ? ORDER BY k LIMIT ?"
                 ),
             ),
             (
                 Q::KvRangeOpen,
-                format!("SELECT {KV_FIELDS} FROM koine_kv WHERE key >= ? ORDER BY key LIMIT ?"),
+                format!("SELECT {KV_FIELDS} FROM koine_kv WHERE k >= ? ORDER BY k LIMIT ?"),
             ),
             (
                 Q::KvCount,
-                "SELECT COUNT(*) FROM koine_kv WHERE key >= ? AND key < ?".into(),
+                "SELECT COUNT(*) FROM koine_kv WHERE k >= ? AND k < ?".into(),
             ),
             (
                 Q::KvCountOpen,
-                "SELECT COUNT(*) FROM koine_kv WHERE key >= ?".into(),
+                "SELECT COUNT(*) FROM koine_kv WHERE k >= ?".into(),
             ),
             (Q::LogRangeAt, log_at(true, false)),
             (Q::LogRangeAtOpen, log_at(false, false)),
             (Q::LogCountAt, log_at(true, true)),
             (Q::LogCountAtOpen, log_at(false, true)),
             (Q::KvUpsert, upsert),
-            (Q::KvDelete, "DELETE FROM koine_kv WHERE key = ?".into()),
+            (Q::KvDelete, "DELETE FROM koine_kv WHERE k = ?".into()),
             (
                 Q::KvByLease,
-                format!("SELECT {KV_FIELDS} FROM koine_kv WHERE lease = ? ORDER BY key"),
+                format!("SELECT {KV_FIELDS} FROM koine_kv WHERE lease = ? ORDER BY k"),
             ),
             (
                 Q::LogChanges,
-                "SELECT l.revision, l.sub, l.key, l.create_revision, l.version, l.lease, \
+                "SELECT l.revision, l.sub, l.k, l.create_revision, l.version, l.lease, \
                  l.value, l.deleted, l.prev_revision, p.create_revision, p.revision, \
                  p.version, p.lease, p.value, p.sub FROM koine_log l LEFT JOIN koine_log p \
-                 ON p.key = l.key AND p.revision = l.prev_revision AND l.prev_revision > 0 \
+                 ON p.k = l.k AND p.revision = l.prev_revision AND l.prev_revision > 0 \
                  WHERE l.revision > ? AND l.revision <= ? ORDER BY l.revision, l.sub LIMIT ?"
                     .into(),
             ),
@@ -224,6 +225,10 @@ impl Queries {
                 "DELETE FROM koine_lease WHERE id = ?".into(),
             ),
             (Q::DbSize, db_size),
+            (
+                Q::Notify,
+                "SELECT pg_notify('koine_revision', CAST(CAST(? AS BIGINT) AS TEXT))".into(),
+            ),
         ];
         Queries {
             dialect,
@@ -233,6 +238,10 @@ impl Queries {
                 .collect(),
             log_inserts: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     pub fn get(&self, q: Q) -> &Arc<str> {
@@ -248,7 +257,7 @@ impl Queries {
                 let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
                 let values = vec![one; rows].join(", ");
                 let sql = format!(
-                    "INSERT INTO koine_log (revision, sub, key, create_revision, version, lease, \
+                    "INSERT INTO koine_log (revision, sub, k, create_revision, version, lease, \
                      value, deleted, prev_revision) VALUES {values}"
                 );
                 render(self.dialect, &sql).into()

@@ -1,0 +1,175 @@
+//! Feeding the watch hub, and following other instances (DESIGN decision 8).
+//!
+//! The hub must see every revision in order. Locally committed batches are
+//! published directly; revisions committed by other instances are read
+//! from the log. Both go through [`Feed`], which fills any gap from the log
+//! before publishing, so the hub's memory stays contiguous. Other
+//! instances' revisions are noticed by PostgreSQL NOTIFY (at once) and by
+//! polling the meta row (MySQL, SQLite, and as a safety net).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+use crate::mvcc::hub::Hub;
+use crate::mvcc::types::{Event, EventKind, KeyValue, Revision};
+use crate::sql::Db;
+
+/// Revisions read from the log per step when filling a gap.
+const FILL_STEP: i64 = 512;
+
+pub struct Feed {
+    pub hub: Arc<Hub>,
+    db: Db,
+    /// Serialises publishing so that gaps are filled in order.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Feed {
+    pub fn new(hub: Arc<Hub>, db: Db) -> Feed {
+        Feed {
+            hub,
+            db,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Publishes a batch this instance committed.
+    pub async fn publish_local(&self, batch: Vec<(Revision, Vec<Event>)>) {
+        let Some(first) = batch.first().map(|(r, _)| *r) else {
+            return;
+        };
+        let _guard = self.lock.lock().await;
+        if first > self.hub.latest() + 1
+            && let Err(e) = self.fill(first - 1).await
+        {
+            // The hub restarts its memory at `first`; readers behind it
+            // read the log.
+            tracing::warn!(error = %e, "could not read other instances' revisions");
+        }
+        self.hub.publish(batch);
+    }
+
+    /// Publishes every revision up to `to` committed elsewhere.
+    pub async fn catch_up(&self, to: Revision) -> Result<()> {
+        let _guard = self.lock.lock().await;
+        self.fill(to).await
+    }
+
+    async fn fill(&self, to: Revision) -> Result<()> {
+        loop {
+            let from = self.hub.latest();
+            if from >= to {
+                return Ok(());
+            }
+            let upto = to.min(from + FILL_STEP);
+            let mut tx = self.db.begin_read().await?;
+            let changes = tx.changes(from, upto, i64::MAX).await?;
+            tx.commit().await?;
+            let mut batch: Vec<(Revision, Vec<Event>)> = Vec::new();
+            for c in changes {
+                let ev = Event {
+                    kind: if c.row.deleted {
+                        EventKind::Delete
+                    } else {
+                        EventKind::Put
+                    },
+                    kv: if c.row.deleted {
+                        KeyValue {
+                            key: c.row.kv.key,
+                            mod_revision: c.row.revision,
+                            ..KeyValue::default()
+                        }
+                    } else {
+                        c.row.kv
+                    },
+                    prev_kv: c.prev,
+                };
+                match batch.last_mut() {
+                    Some((rev, evs)) if *rev == c.row.revision => evs.push(ev),
+                    _ => batch.push((c.row.revision, vec![ev])),
+                }
+            }
+            if batch.last().map(|(r, _)| *r) != Some(upto) {
+                // Compaction removed part of the range: the log cannot
+                // supply it; restart the hub's memory after it.
+                tracing::debug!(from, upto, "gap not in the log; hub restarts after it");
+                self.hub.publish(vec![(upto, Vec::new())]);
+                continue;
+            }
+            self.hub.publish(batch);
+        }
+    }
+}
+
+/// Follows revisions committed by other instances.
+pub async fn tail_loop(feed: Arc<Feed>, db: Db, poll: Duration, cancel: CancellationToken) {
+    let mut listener = match db.listener().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "LISTEN failed; polling only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+            n = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.map(|_| ()),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Err(e) = n {
+                    tracing::debug!(error = %e, "notification listener interrupted");
+                }
+            }
+        }
+        match db.latest_revision().await {
+            Ok(rev) if rev > feed.hub.latest() => {
+                if let Err(e) = feed.catch_up(rev).await {
+                    tracing::warn!(error = %e, "following other instances failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "revision poll failed"),
+        }
+    }
+}
+
+/// Keeps `is_leader` true while this instance holds the database's leader
+/// lock; only the leader expires leases and compacts in the background.
+pub async fn leader_loop(db: Db, is_leader: Arc<AtomicBool>, cancel: CancellationToken) {
+    let mut session = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match session.as_mut() {
+            Some(s) => {
+                if !crate::sql::LeaderSession::alive(s).await {
+                    tracing::warn!("lost leadership (lock connection gone)");
+                    session = None;
+                    is_leader.store(false, Ordering::SeqCst);
+                }
+            }
+            None => match db.try_leader().await {
+                Ok(Some(s)) => {
+                    tracing::info!("became leader: expiring leases and compacting");
+                    session = Some(s);
+                    is_leader.store(true, Ordering::SeqCst);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "leader lock attempt failed"),
+            },
+        }
+    }
+}
