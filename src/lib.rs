@@ -6,6 +6,7 @@
 //! etcd's semantics (revisions, Txn, the group-commit writer, the watch hub,
 //! leases, compaction); `sql/` persists through sqlx.
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod mvcc;
@@ -19,7 +20,6 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use config::{Config, Endpoint};
@@ -159,7 +159,10 @@ pub async fn run(
         stop.cancel();
     };
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
 
     cancel.cancel();

@@ -1,0 +1,699 @@
+//! `koine bench`: a load generator for any etcd v3 endpoint (Koine or a
+//! real etcd), with workloads shaped like kube-apiserver's (see
+//! ../shared/docs/targets.md). Every value read back is checked.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::proto::etcdserverpb::{
+    self as pb, compare, kv_client::KvClient, lease_client::LeaseClient, request_op,
+    watch_client::WatchClient,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Plain puts to random keys.
+    Put,
+    /// Txn(mod_revision == 0 -> put), new keys.
+    Create,
+    /// Get, then Txn(mod_revision == seen -> put).
+    Update,
+    /// Single-key gets.
+    Get,
+    /// Full paginated list of the key set (limit 500, pinned revision).
+    List,
+    /// Count-only over the key set.
+    Count,
+    /// Lease grant (TTL 60) + put with that lease.
+    Lease,
+    /// 20% create, 50% update, 10% delete-if-unchanged, 15% get, 5% list.
+    Mixed,
+    /// Watch latency: N watchers, puts at a fixed rate.
+    Watch,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Endpoint to load (http://host:port).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub endpoint: String,
+    /// Workloads to run, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "create,update,get,list"
+    )]
+    pub workload: Vec<Workload>,
+    /// Concurrent clients (a list runs each workload at each level).
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    pub clients: Vec<usize>,
+    /// How long each measurement runs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub value_size: usize,
+    /// Keys pre-loaded for update/get/list/count/mixed.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: usize,
+    /// Watchers for the watch workload.
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
+    /// Puts per second for the watch workload.
+    #[arg(long, default_value_t = 100)]
+    pub watch_rate: u64,
+    /// For the watch workload: send the puts here (another instance) and
+    /// watch on `--endpoint`, to measure cross-instance latency.
+    #[arg(long)]
+    pub write_endpoint: Option<String>,
+    /// Print the results as JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Label for this run (e.g. "koine-sqlite"), shown in the output.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub label: String,
+    pub workload: Workload,
+    pub clients: usize,
+    pub ops: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub ops_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+const PREFIX: &str = "/bench/";
+/// The pre-loaded key set lives under `KEYS` .. `KEYS_END`.
+const KEYS: &str = "/bench/k/";
+const KEYS_END: &str = "/bench/k0";
+
+fn key(i: usize) -> Bytes {
+    Bytes::from(format!("{KEYS}{i:08}"))
+}
+
+/// A value that names its key, so reads can be checked.
+fn value(key: &[u8], size: usize) -> Bytes {
+    let mut v = Vec::with_capacity(size.max(key.len()));
+    v.extend_from_slice(key);
+    while v.len() < size {
+        v.push(b'.');
+    }
+    Bytes::from(v)
+}
+
+fn check(kv: &crate::proto::mvccpb::KeyValue) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        kv.value.starts_with(&kv.key),
+        "value read for {:?} does not match its key",
+        String::from_utf8_lossy(&kv.key)
+    );
+    Ok(())
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(args.endpoint.clone())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut results = Vec::new();
+    for &workload in &args.workload {
+        for &clients in &args.clients {
+            let r = match workload {
+                Workload::Watch => watch_latency(&args, channel.clone(), clients).await?,
+                _ => load(&args, channel.clone(), workload, clients).await?,
+            };
+            if !args.json {
+                eprintln!(
+                    "{:<8} {:>4} clients: {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} ops, {} errors)",
+                    format!("{:?}", r.workload).to_lowercase(),
+                    r.clients,
+                    r.ops_per_sec,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.ops,
+                    r.errors
+                );
+            }
+            results.push(r);
+        }
+    }
+    if args.json {
+        let out = serde_json::to_string_pretty(&results)?;
+        std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes())?;
+        std::io::Write::write_all(&mut std::io::stdout(), b"\n")?;
+    } else {
+        print_table(&results);
+    }
+    Ok(())
+}
+
+fn print_table(results: &[BenchResult]) {
+    let mut out = String::from(
+        "| label | workload | clients | ops/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} |\n",
+            r.label,
+            format!("{:?}", r.workload).to_lowercase(),
+            r.clients,
+            r.ops_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors
+        ));
+    }
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+}
+
+/// Puts the pre-loaded key set (in parallel txns of 64 puts).
+async fn preload(kv: &KvClient<Channel>, keys: usize, size: usize) -> anyhow::Result<()> {
+    let existing = kv
+        .clone()
+        .range(pb::RangeRequest {
+            key: Bytes::from(KEYS),
+            range_end: Bytes::from(KEYS_END),
+            count_only: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .count;
+    if existing as usize >= keys {
+        return Ok(());
+    }
+    let chunks: Vec<Vec<usize>> = (0..keys)
+        .collect::<Vec<_>>()
+        .chunks(64)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in chunks {
+        let mut kv = kv.clone();
+        tasks.spawn(async move {
+            let ops = chunk
+                .iter()
+                .map(|&i| {
+                    let k = key(i);
+                    pb::RequestOp {
+                        request: Some(request_op::Request::RequestPut(pb::PutRequest {
+                            value: value(&k, size),
+                            key: k,
+                            ..Default::default()
+                        })),
+                    }
+                })
+                .collect();
+            kv.txn(pb::TxnRequest {
+                compare: vec![],
+                success: ops,
+                failure: vec![],
+            })
+            .await
+        });
+        while tasks.len() >= 16 {
+            if let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// Runs `workload` with `clients` concurrent clients for the duration.
+async fn load(
+    args: &BenchArgs,
+    channel: Channel,
+    workload: Workload,
+    clients: usize,
+) -> anyhow::Result<BenchResult> {
+    let kv = KvClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+    if workload != Workload::Create && workload != Workload::Put && workload != Workload::Lease {
+        preload(&kv, args.keys, args.value_size).await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let run_id: u64 = rand::random::<u32>() as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let mut client = Client {
+            kv: kv.clone(),
+            lease: LeaseClient::new(channel.clone()),
+            keys: args.keys,
+            size: args.value_size,
+            seq: 0,
+            name: format!("{PREFIX}new/{run_id}/{c}/"),
+            rng: rand::random(),
+        };
+        let stop = stop.clone();
+        let done = done.clone();
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match client.op(workload).await {
+                    Ok(()) => lat.push(t.elapsed()),
+                    Err(e) => {
+                        errors += 1;
+                        if errors <= 3 {
+                            tracing::warn!(error = %e, "bench op failed");
+                        }
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            (lat, errors)
+        });
+    }
+    let progress = {
+        let done = done.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = done.load(Ordering::Relaxed);
+                eprint!("\r  {:?} x{clients}: {} ops/s   ", workload, now - last);
+                last = now;
+            }
+            eprint!("\r");
+        })
+    };
+    tokio::time::sleep(args.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (l, e) = r?;
+        lat.extend(l);
+        errors += e;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let _ = progress.await;
+    Ok(summarize(
+        &args.label,
+        workload,
+        clients,
+        lat,
+        errors,
+        seconds,
+    ))
+}
+
+fn summarize(
+    label: &str,
+    workload: Workload,
+    clients: usize,
+    mut lat: Vec<Duration>,
+    errors: u64,
+    seconds: f64,
+) -> BenchResult {
+    lat.sort();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p) as usize).min(lat.len() - 1);
+        lat[i].as_secs_f64() * 1000.0
+    };
+    BenchResult {
+        label: label.to_string(),
+        workload,
+        clients,
+        ops: lat.len() as u64,
+        errors,
+        seconds,
+        ops_per_sec: lat.len() as f64 / seconds,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+    }
+}
+
+struct Client {
+    kv: KvClient<Channel>,
+    lease: LeaseClient<Channel>,
+    keys: usize,
+    size: usize,
+    seq: u64,
+    name: String,
+    rng: u64,
+}
+
+impl Client {
+    fn random_key(&mut self) -> Bytes {
+        // xorshift: cheap and good enough to spread load.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        key((self.rng % self.keys.max(1) as u64) as usize)
+    }
+
+    fn new_key(&mut self) -> Bytes {
+        self.seq += 1;
+        Bytes::from(format!("{}{}", self.name, self.seq))
+    }
+
+    async fn op(&mut self, workload: Workload) -> anyhow::Result<()> {
+        match workload {
+            Workload::Put => {
+                let k = self.random_key();
+                self.kv
+                    .put(pb::PutRequest {
+                        value: value(&k, self.size),
+                        key: k,
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+            Workload::Create => self.create().await?,
+            Workload::Update => self.update().await?,
+            Workload::Get => self.get().await?,
+            Workload::List => self.list().await?,
+            Workload::Count => {
+                let r = self
+                    .kv
+                    .range(pb::RangeRequest {
+                        key: Bytes::from(KEYS),
+                        range_end: Bytes::from(KEYS_END),
+                        count_only: true,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                anyhow::ensure!(
+                    r.count >= self.keys as i64,
+                    "count {} below key set",
+                    r.count
+                );
+            }
+            Workload::Lease => {
+                let l = self
+                    .lease
+                    .lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 0 })
+                    .await?
+                    .into_inner();
+                let k = self.new_key();
+                self.kv
+                    .put(pb::PutRequest {
+                        value: value(&k, self.size),
+                        key: k,
+                        lease: l.id,
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+            Workload::Mixed => {
+                let dice = self.rng % 100;
+                self.random_key();
+                match dice {
+                    0..20 => self.create().await?,
+                    20..70 => self.update().await?,
+                    70..80 => self.delete_if_unchanged().await?,
+                    80..95 => self.get().await?,
+                    _ => self.list().await?,
+                }
+            }
+            Workload::Watch => unreachable_watch()?,
+        }
+        Ok(())
+    }
+
+    async fn create(&mut self) -> anyhow::Result<()> {
+        let k = self.new_key();
+        let r = self
+            .kv
+            .txn(pb::TxnRequest {
+                compare: vec![mod_equals(&k, 0)],
+                success: vec![put_op(&k, self.size)],
+                failure: vec![],
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(r.succeeded, "create of a new key failed");
+        Ok(())
+    }
+
+    async fn update(&mut self) -> anyhow::Result<()> {
+        let k = self.random_key();
+        let r = self
+            .kv
+            .range(pb::RangeRequest {
+                key: k.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let seen = match r.kvs.first() {
+            Some(kv) => {
+                check(kv)?;
+                kv.mod_revision
+            }
+            None => 0,
+        };
+        // Losing a race to another client is normal: that is an op too.
+        self.kv
+            .txn(pb::TxnRequest {
+                compare: vec![mod_equals(&k, seen)],
+                success: vec![put_op(&k, self.size)],
+                failure: vec![],
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_if_unchanged(&mut self) -> anyhow::Result<()> {
+        let k = self.random_key();
+        let r = self
+            .kv
+            .range(pb::RangeRequest {
+                key: k.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let Some(kv) = r.kvs.first() else {
+            return Ok(());
+        };
+        self.kv
+            .txn(pb::TxnRequest {
+                compare: vec![mod_equals(&k, kv.mod_revision)],
+                success: vec![pb::RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(
+                        pb::DeleteRangeRequest {
+                            key: k,
+                            ..Default::default()
+                        },
+                    )),
+                }],
+                failure: vec![],
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn get(&mut self) -> anyhow::Result<()> {
+        let k = self.random_key();
+        let r = self
+            .kv
+            .range(pb::RangeRequest {
+                key: k,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        for kv in &r.kvs {
+            check(kv)?;
+        }
+        Ok(())
+    }
+
+    /// A full paginated list, as the apiserver does: limit 500, the first
+    /// page's revision pinned for the rest.
+    async fn list(&mut self) -> anyhow::Result<()> {
+        let end = Bytes::from(KEYS_END);
+        let mut start = Bytes::from(KEYS);
+        let mut revision = 0;
+        let mut seen = 0;
+        loop {
+            let r = self
+                .kv
+                .range(pb::RangeRequest {
+                    key: start.clone(),
+                    range_end: end.clone(),
+                    limit: 500,
+                    revision,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if revision == 0 {
+                revision = r.header.map_or(0, |h| h.revision);
+            }
+            for kv in &r.kvs {
+                check(kv)?;
+            }
+            seen += r.kvs.len();
+            match (r.more, r.kvs.last()) {
+                (true, Some(last)) => {
+                    let mut next = last.key.to_vec();
+                    next.push(0);
+                    start = Bytes::from(next);
+                }
+                _ => break,
+            }
+        }
+        anyhow::ensure!(seen > 0, "empty list");
+        Ok(())
+    }
+}
+
+fn unreachable_watch() -> anyhow::Result<()> {
+    anyhow::bail!("the watch workload is measured separately")
+}
+
+fn mod_equals(key: &Bytes, rev: i64) -> pb::Compare {
+    pb::Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Mod as i32,
+        key: key.clone(),
+        target_union: Some(compare::TargetUnion::ModRevision(rev)),
+        range_end: Bytes::new(),
+    }
+}
+
+fn put_op(key: &Bytes, size: usize) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(request_op::Request::RequestPut(pb::PutRequest {
+            key: key.clone(),
+            value: value(key, size),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Watch latency: `watchers` streams on one prefix, puts at `watch_rate`
+/// per second carrying their send time; latency is measured from the put
+/// being sent to each watcher receiving the event. Every watcher must see
+/// every put, in order.
+async fn watch_latency(
+    args: &BenchArgs,
+    channel: Channel,
+    clients: usize,
+) -> anyhow::Result<BenchResult> {
+    use futures::StreamExt;
+    let prefix = format!("{PREFIX}watch/{}/", rand::random::<u32>());
+    let epoch = Instant::now();
+    let total = (args.watch_rate as f64 * args.duration.as_secs_f64()) as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(args.watchers.max(1));
+    for _ in 0..args.watchers {
+        let mut wc = WatchClient::new(channel.clone());
+        let prefix = prefix.clone();
+        let ready = ready_tx.clone();
+        tasks.spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let mut end = prefix.clone().into_bytes();
+            if let Some(last) = end.last_mut() {
+                *last += 1;
+            }
+            tx.send(pb::WatchRequest {
+                request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                    pb::WatchCreateRequest {
+                        key: Bytes::from(prefix),
+                        range_end: Bytes::from(end),
+                        ..Default::default()
+                    },
+                )),
+            })
+            .await?;
+            let mut stream = wc
+                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            let mut lat = Vec::new();
+            let mut last_rev = 0;
+            let mut seen = 0;
+            while seen < total {
+                let Some(msg) = stream.next().await else {
+                    anyhow::bail!("watch stream ended");
+                };
+                let msg = msg?;
+                if msg.created {
+                    let _ = ready.send(()).await;
+                }
+                let now = epoch.elapsed();
+                for ev in msg.events {
+                    let kv = ev.kv.unwrap_or_default();
+                    anyhow::ensure!(kv.mod_revision > last_rev, "event out of order");
+                    last_rev = kv.mod_revision;
+                    let sent: u64 = std::str::from_utf8(&kv.value)?
+                        .trim_end_matches('.')
+                        .parse()?;
+                    lat.push(now.saturating_sub(Duration::from_micros(sent)));
+                    seen += 1;
+                }
+            }
+            drop(tx);
+            Ok::<_, anyhow::Error>(lat)
+        });
+    }
+    drop(ready_tx);
+    for _ in 0..args.watchers {
+        ready_rx.recv().await;
+    }
+    let mut kv = match &args.write_endpoint {
+        Some(e) => KvClient::new(Channel::from_shared(e.clone())?.connect().await?),
+        None => KvClient::new(channel.clone()),
+    };
+    let gap = Duration::from_secs_f64(1.0 / args.watch_rate.max(1) as f64);
+    let start = Instant::now();
+    for i in 0..total {
+        let due = start + gap * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let sent = epoch.elapsed().as_micros() as u64;
+        kv.put(pb::PutRequest {
+            key: Bytes::from(format!("{prefix}{}", i % 100)),
+            value: Bytes::from(format!("{sent}")),
+            ..Default::default()
+        })
+        .await?;
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok(l) => lat.extend(l),
+            Err(e) => {
+                errors += 1;
+                tracing::warn!(error = %e, "watcher failed");
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(summarize(
+        &args.label,
+        Workload::Watch,
+        clients,
+        lat,
+        errors,
+        seconds,
+    ))
+}
