@@ -17,6 +17,10 @@ use tokio::sync::oneshot;
 pub enum Target {
     /// Koine on SQLite, in-process.
     Sqlite,
+    /// Koine on the shared throwaway PostgreSQL, a fresh database.
+    Postgres,
+    /// Koine on the shared throwaway MariaDB, a fresh database.
+    MySql,
     /// A real etcd 3.4, to prove the test's expectations.
     Etcd,
 }
@@ -39,6 +43,19 @@ impl Server {
         match target {
             Target::Sqlite => {
                 let k = Koine::start(&[]).await;
+                Server {
+                    target,
+                    endpoint: k.endpoint.clone(),
+                    _guard: Guard::Koine(k),
+                }
+            }
+            Target::Postgres | Target::MySql => {
+                let dsn = if target == Target::Postgres {
+                    crate::dbs::fresh_postgres_dsn().await
+                } else {
+                    crate::dbs::fresh_mariadb_dsn().await
+                };
+                let k = Koine::start_on(&dsn, &[]).await;
                 Server {
                     target,
                     endpoint: k.endpoint.clone(),
@@ -87,6 +104,10 @@ macro_rules! on_every_target {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite() { run(Target::Sqlite, super::$name).await }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() { run(Target::Postgres, super::$name).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mysql() { run(Target::MySql, super::$name).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn etcd() { run(Target::Etcd, super::$name).await }
             }
         )*
@@ -120,7 +141,17 @@ impl Koine {
     pub async fn start_in(dir: TempDir, extra: &[&str]) -> Koine {
         let db = dir.path().join("state.db");
         let endpoint = format!("sqlite://{}", db.display());
-        let mut args = vec!["koine", "--endpoint", endpoint.as_str()];
+        Koine::start_with(dir, &endpoint, extra).await
+    }
+
+    /// Starts Koine on a database endpoint (PostgreSQL, MySQL).
+    pub async fn start_on(endpoint: &str, extra: &[&str]) -> Koine {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Koine::start_with(dir, endpoint, extra).await
+    }
+
+    async fn start_with(dir: TempDir, endpoint: &str, extra: &[&str]) -> Koine {
+        let mut args = vec!["koine", "--endpoint", endpoint];
         args.extend_from_slice(extra);
         let config = koine::config::Config::try_parse_from(args).expect("flags");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -284,4 +315,56 @@ pub async fn etcdctl_raw(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Koine as a separate process (for multi-instance and kill -9 tests).
+pub struct KoineProcess {
+    pub endpoint: String,
+    pub log: PathBuf,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl KoineProcess {
+    pub async fn start(endpoint: &str, extra: &[&str]) -> KoineProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let log = dir.path().join("koine.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_koine"))
+            .arg("--listen-address")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--endpoint")
+            .arg(endpoint)
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn koine");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_ready(&endpoint).await;
+        KoineProcess {
+            endpoint,
+            log,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint.as_str()], None)
+            .await
+            .expect("connect")
+    }
+
+    /// kill -9.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }

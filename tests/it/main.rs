@@ -2,10 +2,12 @@
 //! test talks to a real server through clients we did not write
 //! (the etcd-client crate, Debian's etcdctl).
 
+mod dbs;
 mod harness;
 
 mod differential;
 mod etcdctl;
+mod ha;
 mod kv;
 mod lease;
 mod watch;

@@ -1,0 +1,204 @@
+//! Several Koine processes on one PostgreSQL or MariaDB database: dense
+//! revisions across instances, every watcher on every instance sees every
+//! event in order exactly once, Txns see other instances' writes, one
+//! leader at a time for lease expiry and compaction, and kill -9 of one
+//! instance leaves the others serving.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, WatchOptions};
+
+use crate::harness::KoineProcess;
+
+async fn three(dsn: &str, extra: &[&str]) -> Vec<KoineProcess> {
+    let mut v = Vec::new();
+    for _ in 0..3 {
+        v.push(KoineProcess::start(dsn, extra).await);
+    }
+    v
+}
+
+async fn dense_revisions_and_watch_fanout(dsn: String) {
+    let nodes = three(&dsn, &[]).await;
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(n.client().await);
+    }
+    let start = clients[0]
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let mut watchers = Vec::new();
+    for c in &mut clients {
+        let mut w = c
+            .watch(
+                "ha/",
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(start + 1),
+                ),
+            )
+            .await
+            .unwrap();
+        assert!(w.message().await.unwrap().unwrap().created());
+        watchers.push(w);
+    }
+    let per_node = 200;
+    let writers: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let mut revs = Vec::new();
+                for i in 0..per_node {
+                    let r = c
+                        .put(format!("ha/{n}/{}", i % 17), format!("{n}-{i}"), None)
+                        .await
+                        .unwrap();
+                    revs.push(r.header().unwrap().revision());
+                }
+                revs
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    acked.sort();
+    let total = 3 * per_node;
+    let want: Vec<i64> = (start + 1..=start + total as i64).collect();
+    assert_eq!(
+        acked, want,
+        "revisions are dense and unique across instances"
+    );
+    for (i, w) in watchers.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < total {
+            let r = tokio::time::timeout_at(deadline.into(), w.message())
+                .await
+                .unwrap_or_else(|_| panic!("watcher {i} saw {} of {total}", got.len()))
+                .unwrap()
+                .unwrap();
+            got.extend(r.events().iter().map(|e| e.kv().unwrap().mod_revision()));
+        }
+        assert_eq!(got, want, "watcher on instance {i}");
+    }
+}
+
+async fn txn_sees_other_instances(dsn: String) {
+    let nodes = three(&dsn, &[]).await;
+    let mut a = nodes[0].client().await;
+    let mut b = nodes[1].client().await;
+    let r = a.put("t/k", "from-a", None).await.unwrap();
+    let rev = r.header().unwrap().revision();
+    let t = Txn::new()
+        .when([Compare::mod_revision("t/k", CompareOp::Equal, rev)])
+        .and_then([TxnOp::put("t/k", "from-b", None)]);
+    assert!(
+        b.txn(t).await.unwrap().succeeded(),
+        "B sees A's write at once"
+    );
+    // Three instances race to create one key: exactly one wins.
+    let racers: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let ep = n.endpoint.clone();
+            tokio::spawn(async move {
+                let mut c = etcd_client::Client::connect([ep], None).await.unwrap();
+                let mut wins = 0;
+                for i in 0..50 {
+                    let k = format!("t/race/{i}");
+                    let t = Txn::new()
+                        .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(k, "x", None)]);
+                    if c.txn(t).await.unwrap().succeeded() {
+                        wins += 1;
+                    }
+                }
+                wins
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for r in racers {
+        wins += r.await.unwrap();
+    }
+    assert_eq!(wins, 50);
+}
+
+async fn leader_failover(dsn: String) {
+    let mut nodes = three(&dsn, &["--lease-check-interval", "100ms"]).await;
+    let leader_of = |nodes: &[KoineProcess]| -> Vec<usize> {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.log_text().contains("became leader"))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader_of(&nodes).is_empty() {
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leaders = leader_of(&nodes);
+    assert_eq!(leaders.len(), 1, "one leader at a time");
+    let leader = leaders[0];
+    let other = (leader + 1) % 3;
+    let mut c = nodes[other].client().await;
+    let lease = c.lease_grant(2, None).await.unwrap().id();
+    c.put("lf/k", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    nodes[leader].kill().await;
+    // The key still expires: another instance takes over.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let g = c.get("lf/k", None).await.unwrap();
+        if g.kvs().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lease did not expire after the leader died"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    assert!(
+        survivors
+            .iter()
+            .any(|i| nodes[*i].log_text().contains("became leader")),
+        "a survivor took over"
+    );
+    for i in survivors {
+        let mut c = nodes[i].client().await;
+        c.put("lf/alive", "yes", None).await.unwrap();
+    }
+}
+
+macro_rules! on_shared_databases {
+    ($($name:ident),*) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() { super::$name(crate::dbs::fresh_postgres_dsn().await).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mysql() { super::$name(crate::dbs::fresh_mariadb_dsn().await).await }
+            }
+        )*
+    };
+}
+
+on_shared_databases!(
+    dense_revisions_and_watch_fanout,
+    txn_sees_other_instances,
+    leader_failover
+);
