@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs Koine's whole test suite, installing what it needs first: Debian's
 # etcd-server and etcd-client (the real etcd and etcdctl the tests compare
-# against) and protobuf-compiler (the etcd-client crate's build needs protoc).
+# against), protobuf-compiler (the etcd-client crate's build needs protoc),
+# and the PostgreSQL and MariaDB server binaries (the tests start throwaway
+# servers of their own in temp dirs; no running service is needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,8 @@ need=()
 command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+{ [ -x /usr/sbin/mariadbd ] || [ -x /usr/sbin/mysqld ]; } || need+=(mariadb-server)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo=""
