@@ -99,6 +99,19 @@ pub struct Config {
     #[arg(long, env = "KOINE_SKIP_VERIFY")]
     pub skip_verify: bool,
 
+    /// Certificate served to clients on the listen address (TLS; PEM).
+    #[arg(long, env = "KOINE_SERVER_CERT_FILE")]
+    pub server_cert_file: Option<std::path::PathBuf>,
+
+    /// Key of `--server-cert-file` (PEM).
+    #[arg(long, env = "KOINE_SERVER_KEY_FILE")]
+    pub server_key_file: Option<std::path::PathBuf>,
+
+    /// CA that client certificates must be signed by; setting it requires
+    /// every client to present one (etcd's `--client-cert-auth`).
+    #[arg(long, env = "KOINE_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<std::path::PathBuf>,
+
     /// How often expired leases are looked for.
     #[arg(long, env = "KOINE_LEASE_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub lease_check_interval: Duration,

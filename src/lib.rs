@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod mvcc;
 pub mod proto;
 pub mod server;
@@ -58,7 +59,13 @@ pub async fn run(
     };
     let hub = Arc::new(Hub::new(meta.revision, HUB_BYTES, HUB_REVISIONS));
     let feed = Arc::new(Feed::new(hub.clone(), db.clone()));
-    let (writer, writer_task) = Writer::spawn(db.clone(), feed.clone(), config.min_lease_ttl);
+    let metrics = metrics::Metrics::new();
+    let (writer, writer_task) = Writer::spawn(
+        db.clone(),
+        feed.clone(),
+        config.min_lease_ttl,
+        metrics.clone(),
+    );
     let store = Store {
         db: db.clone(),
         writer,
@@ -69,7 +76,14 @@ pub async fn run(
         cluster_id,
         member_id: member_id(cluster_id, &config.name, &local.to_string()),
         name: config.name.clone(),
-        client_url: format!("http://{local}"),
+        client_url: format!(
+            "{}://{local}",
+            if config.server_cert_file.is_some() {
+                "https"
+            } else {
+                "http"
+            }
+        ),
         version: config.emulated_etcd_version.clone(),
     };
     let limits = Limits {
@@ -85,6 +99,7 @@ pub async fn run(
             progress_interval: config.watch_progress_notify_interval,
         },
         shutdown: cancel.clone(),
+        metrics: metrics.clone(),
     });
 
     let is_leader = Arc::new(AtomicBool::new(false));
@@ -118,38 +133,57 @@ pub async fn run(
     // tonic's own limit sits far above etcd's so that oversize requests get
     // etcd's error text from `Limits::check_size`.
     let decode_limit = limits.max_recv_bytes() * 4;
-    let router = tonic::transport::Server::builder()
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let grpc = tonic::service::Routes::new(
+        KvServer::new(server::kv::KvService {
+            shared: shared.clone(),
+        })
+        .max_decoding_message_size(decode_limit)
+        .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        LeaseServer::new(server::lease::LeaseService {
+            shared: shared.clone(),
+        })
+        .max_decoding_message_size(decode_limit),
+    )
+    .add_service(
+        WatchServer::new(server::watch::WatchService {
+            shared: shared.clone(),
+        })
+        .max_decoding_message_size(decode_limit)
+        .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(MaintenanceServer::new(
+        server::maintenance::MaintenanceService {
+            shared: shared.clone(),
+        },
+    ))
+    .add_service(ClusterServer::new(server::cluster::ClusterService {
+        shared: shared.clone(),
+    }))
+    .add_service(health_service);
+    // gRPC and etcd's plain-HTTP endpoints share the client port.
+    let routes = tonic::service::Routes::from(
+        grpc.into_axum_router()
+            .merge(server::http::routes(shared.clone())),
+    );
+    let mut builder = tonic::transport::Server::builder()
+        .accept_http1(true)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(7200)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(
-            KvServer::new(server::kv::KvService {
-                shared: shared.clone(),
-            })
-            .max_decoding_message_size(decode_limit)
-            .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            LeaseServer::new(server::lease::LeaseService {
-                shared: shared.clone(),
-            })
-            .max_decoding_message_size(decode_limit),
-        )
-        .add_service(
-            WatchServer::new(server::watch::WatchService {
-                shared: shared.clone(),
-            })
-            .max_decoding_message_size(decode_limit)
-            .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(MaintenanceServer::new(
-            server::maintenance::MaintenanceService {
-                shared: shared.clone(),
-            },
-        ))
-        .add_service(ClusterServer::new(server::cluster::ClusterService {
-            shared: shared.clone(),
-        }));
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = server_tls(&config)? {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder
+        .layer(metrics::GrpcMetricsLayer {
+            metrics: metrics.clone(),
+        })
+        .add_routes(routes);
     tracing::info!(address = %local, revision = meta.revision, "serving etcd API");
     // Streams (watch, keepalive) end when `cancel` fires, so that the
     // graceful shutdown of the transport can complete.
@@ -175,6 +209,23 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(10), writer_task).await;
     db.close().await;
     Ok(())
+}
+
+/// TLS for the client port from `--server-cert-file`/`--server-key-file`,
+/// with client certificates required when `--trusted-ca-file` is given.
+fn server_tls(config: &Config) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.server_cert_file, &config.server_key_file) else {
+        if config.server_cert_file.is_some() || config.server_key_file.is_some() {
+            anyhow::bail!("--server-cert-file and --server-key-file go together");
+        }
+        return Ok(None);
+    };
+    let identity = tonic::transport::Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &config.trusted_ca_file {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(std::fs::read(ca)?));
+    }
+    Ok(Some(tls))
 }
 
 /// A stable member id derived from the cluster id and this member's name

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::mvcc::apply::{self, BatchState};
+use crate::metrics::Metrics;
 use crate::mvcc::tail::Feed;
 use crate::mvcc::types::{Revision, WriteRequest, WriteResult};
 use crate::sql::{Db, DbTx};
@@ -39,15 +40,22 @@ impl Writer {
         db: Db,
         feed: Arc<Feed>,
         min_lease_ttl: i64,
+        metrics: Arc<Metrics>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(4096);
         let task = WriterTask {
             db,
             feed,
             min_lease_ttl,
+            metrics,
         };
         let handle = tokio::spawn(task.run(rx));
         (Writer { queue }, handle)
+    }
+
+    /// False once the writer task has stopped.
+    pub fn is_running(&self) -> bool {
+        !self.queue.is_closed()
     }
 
     pub async fn submit(&self, req: WriteRequest) -> WriteReply {
@@ -62,6 +70,7 @@ impl Writer {
 
 struct WriterTask {
     db: Db,
+    metrics: Arc<Metrics>,
     feed: Arc<Feed>,
     min_lease_ttl: i64,
 }
@@ -102,10 +111,17 @@ impl WriterTask {
     /// Applies `reqs` in one transaction. `Err` means nothing was committed;
     /// `Ok` holds each request's own outcome.
     async fn commit(&self, reqs: &[&WriteRequest]) -> Result<Vec<WriteReply>> {
+        let began = std::time::Instant::now();
         let mut tx = self.db.begin_write().await?;
         match self.apply_all(&mut tx, reqs).await {
             Ok((state, replies)) => {
+                let committing = std::time::Instant::now();
                 tx.commit().await?;
+                self.metrics
+                    .commit_seconds
+                    .observe(committing.elapsed().as_secs_f64());
+                self.metrics.txn_seconds.observe(began.elapsed().as_secs_f64());
+                self.metrics.batch_size.observe(reqs.len() as f64);
                 self.feed.publish_local(state.events).await;
                 Ok(replies)
             }

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod convert;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -67,6 +68,7 @@ pub struct Shared {
     pub identity: Identity,
     pub limits: Limits,
     pub watch: watch::WatchConfig,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Fired when the server shuts down; ends watch and keepalive streams.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

@@ -142,6 +142,7 @@ impl WatchStream {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
                 if self.watchers.remove(&c.watch_id).is_some() {
+                    self.shared.metrics.watchers.dec();
                     let rev = self.shared.store.hub.latest();
                     self.send(pb::WatchResponse {
                         header: self.header(rev),
@@ -240,6 +241,7 @@ impl WatchStream {
             fragment: c.fragment,
         };
         self.watchers.insert(id, watcher);
+        self.shared.metrics.watchers.inc();
         self.send(pb::WatchResponse {
             header: self.header(latest),
             watch_id: id,
@@ -267,12 +269,16 @@ impl WatchStream {
                         let upto = v.last().map_or(w.cursor, |r| r.revision);
                         Ok((v, upto))
                     }
-                    _ => self.read_log(w.cursor, latest).await,
+                    _ => {
+                        self.shared.metrics.watch_catchups.inc();
+                        self.read_log(w.cursor, latest).await
+                    }
                 };
                 match batch {
                     Ok((revisions, upto)) => self.emit(id, &revisions, upto).await?,
                     Err(CatchUp::Compacted(compact)) => {
                         self.watchers.remove(&id);
+                        self.shared.metrics.watchers.dec();
                         self.send(pb::WatchResponse {
                             header: self.header(latest),
                             watch_id: id,
@@ -467,6 +473,12 @@ impl WatchStream {
             ..Default::default()
         })
         .await
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.shared.metrics.watchers.sub(self.watchers.len() as i64);
     }
 }
 

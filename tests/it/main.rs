@@ -10,4 +10,5 @@ mod etcdctl;
 mod ha;
 mod kv;
 mod lease;
+mod ops;
 mod watch;
