@@ -112,6 +112,11 @@ pub struct Config {
     #[arg(long, env = "KOINE_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<std::path::PathBuf>,
 
+    /// Longest a request waits for the database before failing with etcd's
+    /// "etcdserver: request timed out" (etcd's default is 7s).
+    #[arg(long, env = "KOINE_REQUEST_TIMEOUT", default_value = "7s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
     /// How often expired leases are looked for.
     #[arg(long, env = "KOINE_LEASE_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub lease_check_interval: Duration,

@@ -71,6 +71,7 @@ pub async fn run(
         writer,
         hub,
         compacting: Default::default(),
+        request_timeout: config.request_timeout,
     };
     let identity = Identity {
         cluster_id,

@@ -17,6 +17,9 @@ pub struct Store {
     pub hub: Arc<Hub>,
     /// Serialises physical compaction runs of this instance.
     pub compacting: Arc<tokio::sync::Mutex<()>>,
+    /// Longest a request may wait for the database before it fails with
+    /// etcd's "request timed out".
+    pub request_timeout: std::time::Duration,
 }
 
 /// Revisions per physical-compaction transaction.
@@ -26,6 +29,18 @@ impl Store {
     /// A Range at the current or a past revision. Returns the result and the
     /// store revision of the snapshot it was read from.
     pub async fn range(&self, req: &RangeRequest) -> Result<(RangeResult, Revision)> {
+        self.bounded(self.range_inner(req)).await
+    }
+
+    /// Runs `f`, failing with `Error::Timeout` after the request timeout.
+    async fn bounded<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.request_timeout, f).await {
+            Ok(r) => r,
+            Err(_) => Err(crate::error::Error::Timeout),
+        }
+    }
+
+    async fn range_inner(&self, req: &RangeRequest) -> Result<(RangeResult, Revision)> {
         let mut tx = self.db.begin_read().await?;
         let meta = tx.read_meta().await?;
         let at = ReadPoint {
@@ -37,8 +52,10 @@ impl Store {
         Ok((result?, meta.revision))
     }
 
+    /// Submits a write. On timeout the write may still commit later, as
+    /// with etcd's "request timed out".
     pub async fn write(&self, req: WriteRequest) -> Result<(WriteResult, Revision)> {
-        self.writer.submit(req).await
+        self.bounded(self.writer.submit(req)).await
     }
 
     /// Removes log rows no read can reach any more (below the compact
@@ -65,13 +82,20 @@ impl Store {
     }
 
     pub async fn meta(&self) -> Result<Meta> {
-        let mut tx = self.db.begin_read().await?;
-        let meta = tx.read_meta().await?;
-        tx.commit().await?;
-        Ok(meta)
+        self.bounded(async {
+            let mut tx = self.db.begin_read().await?;
+            let meta = tx.read_meta().await?;
+            tx.commit().await?;
+            Ok(meta)
+        })
+        .await
     }
 
     pub async fn lease(&self, id: i64) -> Result<(Option<LeaseRow>, Vec<bytes::Bytes>, Revision)> {
+        self.bounded(self.lease_inner(id)).await
+    }
+
+    async fn lease_inner(&self, id: i64) -> Result<(Option<LeaseRow>, Vec<bytes::Bytes>, Revision)> {
         let mut tx = self.db.begin_read().await?;
         let meta = tx.read_meta().await?;
         let lease = tx.lease_get(id).await?;

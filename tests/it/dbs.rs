@@ -149,6 +149,19 @@ impl Supervised {
         }
     }
 
+    /// Sends `signal` to the server and its direct children (SIGSTOP makes
+    /// a database that accepts connections but never answers).
+    fn signal_tree(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let script = format!("kill -{signal} \"$1\" $(ps -o pid= --ppid \"$1\") 2>/dev/null; true");
+            let _ = Command::new("bash")
+                .arg("-c")
+                .arg(script)
+                .args(["_", &pid])
+                .status();
+        }
+    }
+
     /// SIGKILLs the server and returns once it is dead (watchdog exited).
     async fn kill(&mut self) {
         let Some(mut watchdog) = self.watchdog.take() else {
@@ -306,6 +319,16 @@ impl Postgres {
     /// SIGKILLs the postmaster and its children; returns once they are dead.
     pub async fn kill(&mut self) {
         self.server.kill().await;
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.server.signal_tree("STOP");
+    }
+
+    /// Undoes `pause` (SIGCONT).
+    pub fn resume(&self) {
+        self.server.signal_tree("CONT");
     }
 
     /// Starts the server again, same port and data dir (killing it first if

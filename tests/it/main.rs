@@ -7,6 +7,7 @@ mod harness;
 
 mod differential;
 mod etcdctl;
+mod faults;
 mod ha;
 mod kv;
 mod lease;
