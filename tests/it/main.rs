@@ -5,11 +5,13 @@
 mod dbs;
 mod harness;
 
+mod bad_input;
 mod differential;
 mod etcdctl;
 mod faults;
 mod ha;
 mod kv;
 mod lease;
+mod model;
 mod ops;
 mod watch;
