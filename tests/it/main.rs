@@ -10,6 +10,7 @@ mod differential;
 mod etcdctl;
 mod faults;
 mod ha;
+mod ha_demo;
 mod kv;
 mod lease;
 mod model;
