@@ -5,7 +5,7 @@
 //! later ops see earlier ones. A request that fails its checks changes
 //! nothing; one that changes any key advances the revision by exactly one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -29,6 +29,28 @@ pub struct BatchState {
     pub pending_log: Vec<LogRow>,
     /// Events per revision assigned in this batch, in order.
     pub events: Vec<(Revision, Vec<Event>)>,
+    /// Point reads of the current state, kept coherent with this batch's
+    /// writes (the writer holds the revision lock, so nobody else writes).
+    pub cache: KvCache,
+}
+
+/// The current version of single keys, as read or written in this batch.
+#[derive(Debug, Default)]
+pub struct KvCache(HashMap<Bytes, Option<KeyValue>>);
+
+impl KvCache {
+    pub async fn get(&mut self, tx: &mut DbTx, key: &Bytes) -> Result<Option<KeyValue>> {
+        if let Some(v) = self.0.get(key) {
+            return Ok(v.clone());
+        }
+        let v = tx.get(key).await?;
+        self.0.insert(key.clone(), v.clone());
+        Ok(v)
+    }
+
+    fn set(&mut self, key: &Bytes, kv: Option<KeyValue>) {
+        self.0.insert(key.clone(), kv);
+    }
 }
 
 impl BatchState {
@@ -109,8 +131,8 @@ pub async fn put(tx: &mut DbTx, state: &mut BatchState, req: &PutRequest) -> Res
         revision: state.revision + 1,
         events: Vec::new(),
     };
-    check_put(tx, req).await?;
-    let result = apply_put(tx, &mut changes, req).await?;
+    check_put(tx, &mut state.cache, req).await?;
+    let result = apply_put(tx, &mut state.cache, &mut changes, req).await?;
     finish(state, changes);
     Ok(result)
 }
@@ -124,14 +146,14 @@ pub async fn delete(
         revision: state.revision + 1,
         events: Vec::new(),
     };
-    let result = apply_delete(tx, &mut changes, req).await?;
+    let result = apply_delete(tx, &mut state.cache, &mut changes, req).await?;
     finish(state, changes);
     Ok(result)
 }
 
 pub async fn txn(tx: &mut DbTx, state: &mut BatchState, req: &TxnRequest) -> Result<TxnResult> {
     let mut path = Vec::new();
-    compare_path(tx, req, &mut path).await?;
+    compare_path(tx, &mut state.cache, req, &mut path).await?;
     let mut cursor = 0;
     check_txn(tx, state, req, &path, &mut cursor).await?;
     let mut changes = Changes {
@@ -152,6 +174,7 @@ pub async fn delete_keys(tx: &mut DbTx, state: &mut BatchState, keys: &[KeyValue
     };
     for kv in keys {
         tx.delete_key(&kv.key).await?;
+        state.cache.set(&kv.key, None);
         changes.events.push(delete_event(kv, changes.revision));
     }
     finish(state, changes);
@@ -188,8 +211,8 @@ fn finish(state: &mut BatchState, changes: Changes) {
     state.events.push((changes.revision, changes.events));
 }
 
-async fn check_put(tx: &mut DbTx, req: &PutRequest) -> Result<()> {
-    if (req.ignore_value || req.ignore_lease) && tx.get(&req.key).await?.is_none() {
+async fn check_put(tx: &mut DbTx, cache: &mut KvCache, req: &PutRequest) -> Result<()> {
+    if (req.ignore_value || req.ignore_lease) && cache.get(tx, &req.key).await?.is_none() {
         return Err(Error::KeyNotFound);
     }
     if !req.ignore_lease && req.lease != 0 && tx.lease_get(req.lease).await?.is_none() {
@@ -198,8 +221,13 @@ async fn check_put(tx: &mut DbTx, req: &PutRequest) -> Result<()> {
     Ok(())
 }
 
-async fn apply_put(tx: &mut DbTx, changes: &mut Changes, req: &PutRequest) -> Result<PutResult> {
-    let prev = tx.get(&req.key).await?;
+async fn apply_put(
+    tx: &mut DbTx,
+    cache: &mut KvCache,
+    changes: &mut Changes,
+    req: &PutRequest,
+) -> Result<PutResult> {
+    let prev = cache.get(tx, &req.key).await?;
     // `check_put` ran before anything was applied, and `check_intervals`
     // forbids deleting the key earlier on the same path, so `prev` exists
     // whenever an `ignore_*` flag is set.
@@ -225,6 +253,7 @@ async fn apply_put(tx: &mut DbTx, changes: &mut Changes, req: &PutRequest) -> Re
         lease,
     };
     tx.upsert(&kv).await?;
+    cache.set(&kv.key, Some(kv.clone()));
     changes.events.push(Event {
         kind: EventKind::Put,
         kv,
@@ -237,12 +266,14 @@ async fn apply_put(tx: &mut DbTx, changes: &mut Changes, req: &PutRequest) -> Re
 
 async fn apply_delete(
     tx: &mut DbTx,
+    cache: &mut KvCache,
     changes: &mut Changes,
     req: &DeleteRequest,
 ) -> Result<DeleteResult> {
     let kvs = tx.range_current(&req.range, None).await?;
     for kv in &kvs {
         tx.delete_key(&kv.key).await?;
+        cache.set(&kv.key, None);
         changes.events.push(delete_event(kv, changes.revision));
     }
     Ok(DeleteResult {
@@ -257,13 +288,14 @@ type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 /// included, against the state before the request (etcd `compareToPath`).
 fn compare_path<'a>(
     tx: &'a mut DbTx,
+    cache: &'a mut KvCache,
     req: &'a TxnRequest,
     path: &'a mut Vec<bool>,
 ) -> BoxFut<'a, ()> {
     Box::pin(async move {
         let mut ok = true;
         for c in &req.compare {
-            if !compare(tx, c).await? {
+            if !compare(tx, cache, c).await? {
                 ok = false;
                 break;
             }
@@ -272,17 +304,20 @@ fn compare_path<'a>(
         let ops = if ok { &req.success } else { &req.failure };
         for op in ops {
             if let Op::Txn(inner) = op {
-                compare_path(tx, inner, path).await?;
+                compare_path(tx, cache, inner, path).await?;
             }
         }
         Ok(())
     })
 }
 
-async fn compare(tx: &mut DbTx, c: &Compare) -> Result<bool> {
-    let kvs = tx
-        .range_current(&KeyRange::from_etcd(&c.key, &c.range_end), None)
-        .await?;
+async fn compare(tx: &mut DbTx, cache: &mut KvCache, c: &Compare) -> Result<bool> {
+    let kvs = if c.range_end.is_empty() {
+        cache.get(tx, &c.key).await?.into_iter().collect()
+    } else {
+        tx.range_current(&KeyRange::from_etcd(&c.key, &c.range_end), None)
+            .await?
+    };
     if kvs.is_empty() {
         if matches!(c.target, CompareTarget::Value(_)) {
             // A missing key has no value to compare (etcd `applyCompare`).
@@ -312,7 +347,7 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
 /// Checks the ops on the chosen path before anything is applied.
 fn check_txn<'a>(
     tx: &'a mut DbTx,
-    state: &'a BatchState,
+    state: &'a mut BatchState,
     req: &'a TxnRequest,
     path: &'a [bool],
     cursor: &'a mut usize,
@@ -338,7 +373,7 @@ fn check_txn<'a>(
                         });
                     }
                 }
-                Op::Put(p) => check_put(tx, p).await?,
+                Op::Put(p) => check_put(tx, &mut state.cache, p).await?,
                 Op::Delete(_) => {}
                 Op::Txn(inner) => check_txn(tx, state, inner, path, cursor).await?,
             }
@@ -375,8 +410,10 @@ fn apply_txn<'a>(
                     }
                     OpResult::Range(range::range(tx, r, at).await?)
                 }
-                Op::Put(p) => OpResult::Put(apply_put(tx, changes, p).await?),
-                Op::Delete(d) => OpResult::Delete(apply_delete(tx, changes, d).await?),
+                Op::Put(p) => OpResult::Put(apply_put(tx, &mut state.cache, changes, p).await?),
+                Op::Delete(d) => {
+                    OpResult::Delete(apply_delete(tx, &mut state.cache, changes, d).await?)
+                }
                 Op::Txn(inner) => {
                     OpResult::Txn(apply_txn(tx, state, changes, inner, path, cursor).await?)
                 }

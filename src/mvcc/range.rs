@@ -52,10 +52,9 @@ pub async fn range(tx: &mut DbTx, req: &RangeRequest, at: ReadPoint) -> Result<R
         });
     }
 
-    let post_process = o.sort_order != SortOrder::None || o.has_filters();
     // One extra row tells whether there are more.
-    let fetch_limit = (o.limit > 0 && !post_process).then(|| o.limit + 1);
-    let mut kvs = if historical {
+    let fetch_limit = fetch_limit(o);
+    let kvs = if historical {
         tx.range_at(&req.range, rev, fetch_limit).await?
     } else {
         tx.range_current(&req.range, fetch_limit).await?
@@ -70,6 +69,19 @@ pub async fn range(tx: &mut DbTx, req: &RangeRequest, at: ReadPoint) -> Result<R
         }
         _ => kvs.len() as i64,
     };
+    Ok(finish(kvs, count, o))
+}
+
+/// How many rows a current-revision read should fetch so that `finish`
+/// can answer without a separate count: `None` for all of them.
+pub fn fetch_limit(o: &RangeOptions) -> Option<i64> {
+    let post_process = o.sort_order != SortOrder::None || o.has_filters();
+    (o.limit > 0 && !post_process).then(|| o.limit + 1)
+}
+
+/// Filters, sorts, truncates to the limit and strips values, as etcd's
+/// applier does after reading; `count` is the unfiltered total.
+pub fn finish(mut kvs: Vec<KeyValue>, count: i64, o: &RangeOptions) -> RangeResult {
     if o.has_filters() {
         kvs.retain(|kv| o.keep(kv));
     }
@@ -84,7 +96,7 @@ pub async fn range(tx: &mut DbTx, req: &RangeRequest, at: ReadPoint) -> Result<R
             kv.value = bytes::Bytes::new();
         }
     }
-    Ok(RangeResult { kvs, more, count })
+    RangeResult { kvs, more, count }
 }
 
 /// etcd's ordering rules: results come sorted by key ascending; a non-key

@@ -45,38 +45,6 @@ pub enum TxInner {
     MySql(Transaction<'static, MySql>),
 }
 
-impl Pool {
-    pub async fn begin_write(&self) -> Result<TxInner> {
-        Ok(match self {
-            Pool::Sqlite(p) => TxInner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            Pool::Postgres(p) => TxInner::Postgres(p.begin().await?),
-            Pool::MySql(p) => TxInner::MySql(p.begin().await?),
-        })
-    }
-
-    pub async fn begin_read(&self) -> Result<TxInner> {
-        Ok(match self {
-            Pool::Sqlite(p) => TxInner::Sqlite(p.begin().await?),
-            Pool::Postgres(p) => TxInner::Postgres(
-                p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .await?,
-            ),
-            Pool::MySql(p) => TxInner::MySql(
-                p.begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                    .await?,
-            ),
-        })
-    }
-
-    pub async fn close(&self) {
-        match self {
-            Pool::Sqlite(p) => p.close().await,
-            Pool::Postgres(p) => p.close().await,
-            Pool::MySql(p) => p.close().await,
-        }
-    }
-}
-
 macro_rules! bound {
     ($sql:expr, $args:expr) => {{
         let mut q = sqlx::query(AssertSqlSafe($sql.clone()));
@@ -107,6 +75,57 @@ macro_rules! decode {
         }
         out
     }};
+}
+
+impl Pool {
+    pub async fn begin_write(&self) -> Result<TxInner> {
+        Ok(match self {
+            Pool::Sqlite(p) => TxInner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(p) => TxInner::Postgres(p.begin().await?),
+            Pool::MySql(p) => TxInner::MySql(p.begin().await?),
+        })
+    }
+
+    pub async fn begin_read(&self) -> Result<TxInner> {
+        Ok(match self {
+            Pool::Sqlite(p) => TxInner::Sqlite(p.begin().await?),
+            Pool::Postgres(p) => TxInner::Postgres(
+                p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await?,
+            ),
+            Pool::MySql(p) => TxInner::MySql(
+                p.begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                    .await?,
+            ),
+        })
+    }
+
+    /// Runs one statement outside any explicit transaction (a single
+    /// statement always reads one snapshot).
+    pub async fn fetch(&self, sql: &Arc<str>, args: &[Arg<'_>], cols: &[Col]) -> Result<Vec<Val>> {
+        Ok(match self {
+            Pool::Sqlite(p) => {
+                let rows = bound!(sql, args).fetch_all(p).await?;
+                decode!(rows, cols)
+            }
+            Pool::Postgres(p) => {
+                let rows = bound!(sql, args).fetch_all(p).await?;
+                decode!(rows, cols)
+            }
+            Pool::MySql(p) => {
+                let rows = bound!(sql, args).fetch_all(p).await?;
+                decode!(rows, cols)
+            }
+        })
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+            Pool::MySql(p) => p.close().await,
+        }
+    }
 }
 
 impl TxInner {

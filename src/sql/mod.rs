@@ -144,6 +144,54 @@ impl Db {
         Ok(rows.first().map_or(0, Val::i64))
     }
 
+    /// Live keys in `range` at the current revision together with the meta
+    /// row, in one statement (hence one snapshot, no transaction).
+    pub async fn range_with_meta(
+        &self,
+        range: &KeyRange,
+        limit: Option<i64>,
+    ) -> Result<(Meta, Vec<KeyValue>)> {
+        const COLS: [Col; 8] = [
+            Col::I64,
+            Col::I64,
+            Col::Bytes,
+            Col::I64,
+            Col::I64,
+            Col::I64,
+            Col::I64,
+            Col::Bytes,
+        ];
+        let (bounded, mut args) = range_args(range);
+        args.push(Arg::I64(limit.unwrap_or(i64::MAX)));
+        let q = if bounded {
+            Q::KvRangeWithMeta
+        } else {
+            Q::KvRangeWithMetaOpen
+        };
+        let rows = self.read.fetch(self.queries.get(q), &args, &COLS).await?;
+        let mut meta = None;
+        let mut kvs = Vec::with_capacity(rows.len() / COLS.len());
+        for row in rows.chunks_exact(COLS.len()) {
+            meta.get_or_insert(Meta {
+                revision: row[0].i64(),
+                compact_revision: row[1].i64(),
+            });
+            if row[2].is_null() {
+                continue;
+            }
+            kvs.push(KeyValue {
+                key: row[2].clone().bytes(),
+                create_revision: row[3].i64(),
+                mod_revision: row[4].i64(),
+                version: row[5].i64(),
+                lease: row[6].i64(),
+                value: row[7].clone().bytes(),
+            });
+        }
+        let meta = meta.ok_or_else(|| Error::Internal("koine_meta row missing".into()))?;
+        Ok((meta, kvs))
+    }
+
     /// The newest committed revision (no snapshot needed).
     pub async fn latest_revision(&self) -> Result<Revision> {
         let mut tx = self.begin_read().await?;

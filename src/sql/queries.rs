@@ -43,6 +43,8 @@ pub enum Q {
     LeaseDelete,
     DbSize,
     Notify,
+    KvRangeWithMeta,
+    KvRangeWithMetaOpen,
 }
 
 const KV_FIELDS: &str = "k, create_revision, mod_revision, version, lease, value";
@@ -169,6 +171,20 @@ impl Queries {
             (
                 Q::KvCountOpen,
                 "SELECT COUNT(*) FROM koine_kv WHERE k >= ?".into(),
+            ),
+            (
+                Q::KvRangeWithMeta,
+                "SELECT m.revision, m.compact_revision, kv.k, kv.create_revision, kv.mod_revision, \
+                 kv.version, kv.lease, kv.value FROM koine_meta m LEFT JOIN koine_kv kv \
+                 ON kv.k >= ? AND kv.k < ? WHERE m.id = 1 ORDER BY kv.k LIMIT ?"
+                    .into(),
+            ),
+            (
+                Q::KvRangeWithMetaOpen,
+                "SELECT m.revision, m.compact_revision, kv.k, kv.create_revision, kv.mod_revision, \
+                 kv.version, kv.lease, kv.value FROM koine_meta m LEFT JOIN koine_kv kv \
+                 ON kv.k >= ? WHERE m.id = 1 ORDER BY kv.k LIMIT ?"
+                    .into(),
             ),
             (Q::LogRangeAt, log_at(true, false)),
             (Q::LogRangeAtOpen, log_at(false, false)),
