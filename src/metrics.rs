@@ -34,6 +34,9 @@ pub struct Metrics {
     pub watchers: IntGauge,
     /// `koine_watch_catchup_total`: watcher catch-ups read from the log.
     pub watch_catchups: prometheus::IntCounter,
+    /// `koine_watch_lag_revisions`: committed revisions the watch hub has
+    /// not published yet (other instances' writes not yet followed).
+    pub watch_lag: IntGauge,
 }
 
 impl Metrics {
@@ -105,6 +108,10 @@ impl Metrics {
                 exponential_buckets(0.0001, 2.0, 16).expect("buckets"),
             ),
             watchers: gauge("koine_watchers", "Open watchers."),
+            watch_lag: gauge(
+                "koine_watch_lag_revisions",
+                "Committed revisions not yet published to this instance's watchers.",
+            ),
             watch_catchups: {
                 let c = prometheus::IntCounter::new(
                     "koine_watch_catchup_total",

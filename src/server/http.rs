@@ -124,7 +124,11 @@ async fn metrics(State(s): State<SharedRef>) -> Response {
         s.metrics.db_size.set(size);
     }
     let _ = database_check(&s).await;
-    s.metrics.revision.set(s.store.hub.latest());
+    let published = s.store.hub.latest();
+    s.metrics.revision.set(published);
+    if let Ok(committed) = s.store.db.latest_revision().await {
+        s.metrics.watch_lag.set((committed - published).max(0));
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
