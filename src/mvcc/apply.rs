@@ -35,21 +35,50 @@ pub struct BatchState {
 }
 
 /// The current version of single keys, as read or written in this batch.
+/// Writes to the current-state table are buffered here and flushed in
+/// multi-row statements, before any range read and at the end of the batch.
 #[derive(Debug, Default)]
-pub struct KvCache(HashMap<Bytes, Option<KeyValue>>);
+pub struct KvCache {
+    known: HashMap<Bytes, Option<KeyValue>>,
+    /// Keys whose buffered state differs from the table.
+    dirty: HashSet<Bytes>,
+}
 
 impl KvCache {
     pub async fn get(&mut self, tx: &mut DbTx, key: &Bytes) -> Result<Option<KeyValue>> {
-        if let Some(v) = self.0.get(key) {
+        if let Some(v) = self.known.get(key) {
             return Ok(v.clone());
         }
         let v = tx.get(key).await?;
-        self.0.insert(key.clone(), v.clone());
+        self.known.insert(key.clone(), v.clone());
         Ok(v)
     }
 
+    /// Records a key's new state (`None`: deleted), to be flushed.
     fn set(&mut self, key: &Bytes, kv: Option<KeyValue>) {
-        self.0.insert(key.clone(), kv);
+        self.known.insert(key.clone(), kv);
+        self.dirty.insert(key.clone());
+    }
+
+    /// Writes buffered changes so that range reads see them.
+    pub async fn flush(&mut self, tx: &mut DbTx) -> Result<()> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let mut dirty: Vec<Bytes> = std::mem::take(&mut self.dirty).into_iter().collect();
+        // A stable order keeps lock acquisition order stable across writers.
+        dirty.sort();
+        let mut puts = Vec::new();
+        let mut dels = Vec::new();
+        for k in &dirty {
+            match self.known.get(k) {
+                Some(Some(kv)) => puts.push(kv),
+                _ => dels.push(k),
+            }
+        }
+        tx.upsert_many(&puts).await?;
+        tx.delete_many(&dels).await?;
+        Ok(())
     }
 }
 
@@ -167,18 +196,16 @@ pub async fn txn(tx: &mut DbTx, state: &mut BatchState, req: &TxnRequest) -> Res
 }
 
 /// Deletes the given keys (lease revocation) in one revision.
-pub async fn delete_keys(tx: &mut DbTx, state: &mut BatchState, keys: &[KeyValue]) -> Result<()> {
+pub fn delete_keys(state: &mut BatchState, keys: &[KeyValue]) {
     let mut changes = Changes {
         revision: state.revision + 1,
         events: Vec::new(),
     };
     for kv in keys {
-        tx.delete_key(&kv.key).await?;
         state.cache.set(&kv.key, None);
         changes.events.push(delete_event(kv, changes.revision));
     }
     finish(state, changes);
-    Ok(())
 }
 
 fn delete_event(kv: &KeyValue, revision: Revision) -> Event {
@@ -252,7 +279,6 @@ async fn apply_put(
         value,
         lease,
     };
-    tx.upsert(&kv).await?;
     cache.set(&kv.key, Some(kv.clone()));
     changes.events.push(Event {
         kind: EventKind::Put,
@@ -270,9 +296,9 @@ async fn apply_delete(
     changes: &mut Changes,
     req: &DeleteRequest,
 ) -> Result<DeleteResult> {
+    cache.flush(tx).await?;
     let kvs = tx.range_current(&req.range, None).await?;
     for kv in &kvs {
-        tx.delete_key(&kv.key).await?;
         cache.set(&kv.key, None);
         changes.events.push(delete_event(kv, changes.revision));
     }
@@ -315,6 +341,7 @@ async fn compare(tx: &mut DbTx, cache: &mut KvCache, c: &Compare) -> Result<bool
     let kvs = if c.range_end.is_empty() {
         cache.get(tx, &c.key).await?.into_iter().collect()
     } else {
+        cache.flush(tx).await?;
         tx.range_current(&KeyRange::from_etcd(&c.key, &c.range_end), None)
             .await?
     };
@@ -403,6 +430,7 @@ fn apply_txn<'a>(
         for op in ops {
             responses.push(match op {
                 Op::Range(r) => {
+                    state.cache.flush(tx).await?;
                     let at = changes.read_point(state);
                     let rev = r.options.revision;
                     if rev > 0 && rev != at.current {

@@ -156,6 +156,7 @@ impl WriterTask {
                 Err(e) => replies.push(Err(e)),
             }
         }
+        state.cache.flush(tx).await?;
         state.flush_log(tx).await?;
         if state.revision != start {
             tx.set_revision(state.revision).await?;
@@ -233,8 +234,9 @@ impl WriterTask {
 
 /// Deletes a lease and its keys; the keys go in one revision.
 async fn revoke(tx: &mut DbTx, state: &mut BatchState, id: i64) -> Result<()> {
+    state.cache.flush(tx).await?;
     let keys = tx.keys_with_lease(id).await?;
-    apply::delete_keys(tx, state, &keys).await?;
+    apply::delete_keys(state, &keys);
     tx.lease_delete(id).await?;
     Ok(())
 }

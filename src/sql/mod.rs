@@ -20,7 +20,7 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::mvcc::types::{KeyRange, KeyValue, LeaseId, Revision};
 pub use exec::{Arg, Col, Pool, TxInner, Val};
-pub use queries::{Dialect, Q, Queries};
+pub use queries::{Dialect, Many, Q, Queries};
 
 /// Rows at most per multi-row INSERT into the log.
 const LOG_CHUNK_ROWS: usize = 32;
@@ -290,6 +290,28 @@ fn kvs_from(vals: Vec<Val>) -> Result<Vec<KeyValue>> {
     Ok(out)
 }
 
+/// Splits `items` into runs of at most `LOG_CHUNK_ROWS` items and about
+/// `LOG_CHUNK_BYTES` bytes, for multi-row statements.
+fn chunks<'a, T>(items: &'a [T], size: impl Fn(&T) -> usize) -> Vec<&'a [T]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < items.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < items.len() && end - start < LOG_CHUNK_ROWS {
+            let s = size(&items[end]);
+            if end > start && bytes + s > LOG_CHUNK_BYTES {
+                break;
+            }
+            bytes += s;
+            end += 1;
+        }
+        out.push(&items[start..end]);
+        start = end;
+    }
+    out
+}
+
 /// Arguments for the bounded and unbounded forms of a range query.
 fn range_args(range: &KeyRange) -> (bool, Vec<Arg<'_>>) {
     match &range.end {
@@ -394,6 +416,12 @@ impl DbTx {
 
     /// Keys live at `revision` in `range`, ascending, at most `limit`. Only
     /// valid for revisions not below the physically compacted point.
+    ///
+    /// A key's state at R is its current version if that is not newer than
+    /// R; otherwise it changed after R, and its newest log row at or below
+    /// R says what it was. The second set is small for the recent pinned
+    /// revisions paginated lists use, so this is about as cheap as a
+    /// current read.
     pub async fn range_at(
         &mut self,
         range: &KeyRange,
@@ -405,12 +433,42 @@ impl DbTx {
         }
         let (bounded, mut args) = range_args(range);
         args.push(Arg::I64(revision));
-        args.push(Arg::I64(revision));
         args.push(Arg::I64(limit.unwrap_or(i64::MAX)));
         let q = if bounded {
-            Q::LogRangeAt
+            Q::KvUnchanged
         } else {
-            Q::LogRangeAtOpen
+            Q::KvUnchangedOpen
+        };
+        let unchanged = kvs_from(self.fetch(q, &args, &KV_COLS).await?)?;
+        let changed = self.changed_at(range, revision).await?;
+        // Merge two key-ordered, disjoint lists.
+        let mut out = Vec::with_capacity(unchanged.len() + changed.len());
+        let (mut a, mut b) = (unchanged.into_iter().peekable(), changed.into_iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.key <= y.key => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            out.extend(next);
+            if limit.is_some_and(|n| out.len() as i64 >= n) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// State at `revision` of the keys in `range` changed after it.
+    async fn changed_at(&mut self, range: &KeyRange, revision: Revision) -> Result<Vec<KeyValue>> {
+        let mut args = vec![Arg::I64(revision)];
+        args.extend(range_args(range).1);
+        args.push(Arg::I64(revision));
+        let q = if range.end.is_some() {
+            Q::LogChangedAt
+        } else {
+            Q::LogChangedAtOpen
         };
         kvs_from(self.fetch(q, &args, &KV_COLS).await?)
     }
@@ -421,13 +479,13 @@ impl DbTx {
         }
         let (bounded, mut args) = range_args(range);
         args.push(Arg::I64(revision));
-        args.push(Arg::I64(revision));
         let q = if bounded {
-            Q::LogCountAt
+            Q::KvUnchangedCount
         } else {
-            Q::LogCountAtOpen
+            Q::KvUnchangedCountOpen
         };
-        Ok(self.fetch(q, &args, &[Col::I64]).await?[0].i64())
+        let unchanged = self.fetch(q, &args, &[Col::I64]).await?[0].i64();
+        Ok(unchanged + self.changed_at(range, revision).await?.len() as i64)
     }
 
     pub async fn upsert(&mut self, kv: &KeyValue) -> Result<()> {
@@ -446,6 +504,37 @@ impl DbTx {
         Ok(())
     }
 
+    /// Writes many current-state rows in as few statements as the size
+    /// limits allow (keys must be distinct).
+    pub async fn upsert_many(&mut self, kvs: &[&KeyValue]) -> Result<()> {
+        for chunk in chunks(kvs, |kv| kv.key.len() + kv.value.len() + 48) {
+            let mut args = Vec::with_capacity(chunk.len() * 6);
+            for kv in chunk {
+                args.extend([
+                    Arg::Bytes(&kv.key),
+                    Arg::I64(kv.create_revision),
+                    Arg::I64(kv.mod_revision),
+                    Arg::I64(kv.version),
+                    Arg::I64(kv.lease),
+                    Arg::Bytes(&kv.value),
+                ]);
+            }
+            let sql = self.q.many(Many::KvUpsert, chunk.len());
+            self.inner.exec(&sql, &args).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes many current-state rows.
+    pub async fn delete_many(&mut self, keys: &[&Bytes]) -> Result<()> {
+        for chunk in chunks(keys, |k| k.len() + 8) {
+            let args: Vec<Arg<'_>> = chunk.iter().map(|k| Arg::Bytes(k)).collect();
+            let sql = self.q.many(Many::KvDelete, chunk.len());
+            self.inner.exec(&sql, &args).await?;
+        }
+        Ok(())
+    }
+
     pub async fn delete_key(&mut self, key: &[u8]) -> Result<()> {
         self.exec(Q::KvDelete, &[Arg::Bytes(key)]).await?;
         Ok(())
@@ -453,19 +542,7 @@ impl DbTx {
 
     /// Appends rows to the log in as few statements as the size limits allow.
     pub async fn append_log(&mut self, rows: &[LogRow]) -> Result<()> {
-        let mut start = 0;
-        while start < rows.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < rows.len() && end - start < LOG_CHUNK_ROWS {
-                let size = rows[end].kv.key.len() + rows[end].kv.value.len() + 64;
-                if end > start && bytes + size > LOG_CHUNK_BYTES {
-                    break;
-                }
-                bytes += size;
-                end += 1;
-            }
-            let chunk = &rows[start..end];
+        for chunk in chunks(rows, |r| r.kv.key.len() + r.kv.value.len() + 64) {
             let mut args = Vec::with_capacity(chunk.len() * 9);
             for r in chunk {
                 args.extend([
@@ -480,9 +557,8 @@ impl DbTx {
                     Arg::I64(r.prev_revision),
                 ]);
             }
-            let sql = self.q.log_insert(chunk.len());
+            let sql = self.q.many(Many::LogInsert, chunk.len());
             self.inner.exec(&sql, &args).await?;
-            start = end;
         }
         Ok(())
     }

@@ -25,10 +25,12 @@ pub enum Q {
     KvRangeOpen,
     KvCount,
     KvCountOpen,
-    LogRangeAt,
-    LogRangeAtOpen,
-    LogCountAt,
-    LogCountAtOpen,
+    KvUnchanged,
+    KvUnchangedOpen,
+    KvUnchangedCount,
+    KvUnchangedCountOpen,
+    LogChangedAt,
+    LogChangedAtOpen,
     KvUpsert,
     KvDelete,
     KvByLease,
@@ -53,7 +55,16 @@ const KV_FIELDS: &str = "k, create_revision, mod_revision, version, lease, value
 pub struct Queries {
     dialect: Dialect,
     texts: HashMap<Q, Arc<str>>,
-    log_inserts: Mutex<HashMap<usize, Arc<str>>>,
+    /// Multi-row statements by (kind, rows).
+    log_inserts: Mutex<HashMap<(Many, usize), Arc<str>>>,
+}
+
+/// Statements rendered per row count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Many {
+    LogInsert,
+    KvUpsert,
+    KvDelete,
 }
 
 impl Queries {
@@ -81,19 +92,28 @@ impl Queries {
                  lease = excluded.lease, value = excluded.value"
             ),
         };
-        // The latest log row per key at a revision: no newer row at or below it.
-        let log_at = |bounded: bool, count: bool| {
+        // A read at revision R (see `DbTx::range_at`): keys not changed
+        // since R come from the current-state table...
+        let unchanged = |bounded: bool, count: bool| {
             let select = if count {
                 "SELECT COUNT(*)".to_string()
             } else {
-                "SELECT l.k, l.create_revision, l.revision, l.version, l.lease, l.value".into()
+                format!("SELECT {KV_FIELDS}")
             };
-            let end = if bounded { " AND l.k < ?" } else { "" };
-            let tail = if count { "" } else { " ORDER BY l.k LIMIT ?" };
+            let end = if bounded { " AND k < ?" } else { "" };
+            let tail = if count { "" } else { " ORDER BY k LIMIT ?" };
+            format!("{select} FROM koine_kv WHERE k >= ?{end} AND mod_revision <= ?{tail}")
+        };
+        // ...and keys changed after R from the log: their newest row at or
+        // below R, unless it is a deletion.
+        let changed = |bounded: bool| {
+            let end = if bounded { " AND c.k < ?" } else { "" };
             format!(
-                "{select} FROM koine_log l WHERE l.k >= ?{end} AND l.revision <= ? \
-                 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM koine_log n \
-                 WHERE n.k = l.k AND n.revision > l.revision AND n.revision <= ?){tail}"
+                "SELECT l.k, l.create_revision, l.revision, l.version, l.lease, l.value \
+                 FROM koine_log l WHERE l.k IN (SELECT c.k FROM koine_log c \
+                 WHERE c.revision > ? AND c.k >= ?{end}) AND l.revision = \
+                 (SELECT MAX(x.revision) FROM koine_log x WHERE x.k = l.k AND x.revision <= ?) \
+                 AND l.deleted = 0 ORDER BY l.k"
             )
         };
         let compact_superseded = match dialect {
@@ -186,10 +206,12 @@ impl Queries {
                  ON kv.k >= ? WHERE m.id = 1 ORDER BY kv.k LIMIT ?"
                     .into(),
             ),
-            (Q::LogRangeAt, log_at(true, false)),
-            (Q::LogRangeAtOpen, log_at(false, false)),
-            (Q::LogCountAt, log_at(true, true)),
-            (Q::LogCountAtOpen, log_at(false, true)),
+            (Q::KvUnchanged, unchanged(true, false)),
+            (Q::KvUnchangedOpen, unchanged(false, false)),
+            (Q::KvUnchangedCount, unchanged(true, true)),
+            (Q::KvUnchangedCountOpen, unchanged(false, true)),
+            (Q::LogChangedAt, changed(true)),
+            (Q::LogChangedAtOpen, changed(false)),
             (Q::KvUpsert, upsert),
             (Q::KvDelete, "DELETE FROM koine_kv WHERE k = ?".into()),
             (
@@ -264,18 +286,39 @@ impl Queries {
         &self.texts[&q]
     }
 
-    /// A multi-row INSERT into the log for `rows` rows (cached per size).
-    pub fn log_insert(&self, rows: usize) -> Arc<str> {
+    /// A multi-row statement for `rows` rows (cached per size).
+    pub fn many(&self, kind: Many, rows: usize) -> Arc<str> {
         let mut cache = self.log_inserts.lock().unwrap_or_else(|e| e.into_inner());
         cache
-            .entry(rows)
+            .entry((kind, rows))
             .or_insert_with(|| {
-                let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
-                let values = vec![one; rows].join(", ");
-                let sql = format!(
-                    "INSERT INTO koine_log (revision, sub, k, create_revision, version, lease, \
-                     value, deleted, prev_revision) VALUES {values}"
-                );
+                let sql = match kind {
+                    Many::LogInsert => format!(
+                        "INSERT INTO koine_log (revision, sub, k, create_revision, version, lease, \
+                         value, deleted, prev_revision) VALUES {}",
+                        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ")
+                    ),
+                    Many::KvUpsert => {
+                        let values = vec!["(?, ?, ?, ?, ?, ?)"; rows].join(", ");
+                        let update = match self.dialect {
+                            Dialect::MySql => {
+                                "ON DUPLICATE KEY UPDATE create_revision = VALUES(create_revision), \
+                                 mod_revision = VALUES(mod_revision), version = VALUES(version), \
+                                 lease = VALUES(lease), value = VALUES(value)"
+                            }
+                            _ => {
+                                "ON CONFLICT (k) DO UPDATE SET create_revision = excluded.create_revision, \
+                                 mod_revision = excluded.mod_revision, version = excluded.version, \
+                                 lease = excluded.lease, value = excluded.value"
+                            }
+                        };
+                        format!("INSERT INTO koine_kv ({KV_FIELDS}) VALUES {values} {update}")
+                    }
+                    Many::KvDelete => format!(
+                        "DELETE FROM koine_kv WHERE k IN ({})",
+                        vec!["?"; rows].join(", ")
+                    ),
+                };
                 render(self.dialect, &sql).into()
             })
             .clone()
