@@ -292,7 +292,7 @@ fn kvs_from(vals: Vec<Val>) -> Result<Vec<KeyValue>> {
 
 /// Splits `items` into runs of at most `LOG_CHUNK_ROWS` items and about
 /// `LOG_CHUNK_BYTES` bytes, for multi-row statements.
-fn chunks<'a, T>(items: &'a [T], size: impl Fn(&T) -> usize) -> Vec<&'a [T]> {
+fn chunks<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < items.len() {
