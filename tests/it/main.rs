@@ -11,6 +11,7 @@ mod etcdctl;
 mod faults;
 mod ha;
 mod ha_demo;
+mod kubernetes;
 mod kv;
 mod lease;
 mod model;
