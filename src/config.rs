@@ -31,7 +31,8 @@ pub struct Config {
     /// Storage DSN: empty for SQLite at ./db/state.db, `sqlite://PATH` or a
     /// bare file path; `postgres://user:pass@host:5432/db`;
     /// `mysql://user:pass@tcp(host:3306)/db` (or the URL form). The
-    /// password in a DSN is never logged.
+    /// password in a DSN is never logged. `http://h1:2379,http://h2:2379`
+    /// (or https) makes Koine a passthrough proxy to that etcd cluster.
     #[arg(long, env = "KOINE_ENDPOINT", default_value = "")]
     pub endpoint: String,
 
@@ -83,11 +84,12 @@ pub struct Config {
     #[arg(long, env = "KOINE_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
 
-    /// CA certificate for verifying the database server (TLS to the database).
+    /// CA certificate for verifying the database server (TLS to the database;
+    /// in passthrough mode, to etcd).
     #[arg(long, env = "KOINE_CA_FILE")]
     pub ca_file: Option<std::path::PathBuf>,
 
-    /// Client certificate presented to the database.
+    /// Client certificate presented to the database (or to etcd).
     #[arg(long, env = "KOINE_CERT_FILE")]
     pub cert_file: Option<std::path::PathBuf>,
 
@@ -95,7 +97,7 @@ pub struct Config {
     #[arg(long, env = "KOINE_KEY_FILE")]
     pub key_file: Option<std::path::PathBuf>,
 
-    /// Use TLS to the database without verifying its certificate.
+    /// Use TLS to the database (or to etcd) without verifying its certificate.
     #[arg(long, env = "KOINE_SKIP_VERIFY")]
     pub skip_verify: bool,
 
@@ -130,6 +132,9 @@ pub enum Endpoint {
     Postgres(String),
     /// A `mysql://` DSN, URL or go-sql-driver form.
     MySql(String),
+    /// Passthrough mode: `http://` / `https://` etcd endpoints
+    /// (comma-separated), see `crate::passthrough`.
+    Etcd(Vec<String>),
 }
 
 impl Config {
@@ -154,6 +159,7 @@ impl Config {
             Some("sqlite") => Ok(Endpoint::Sqlite(SqliteConfig::parse(dsn)?)),
             Some("postgres") | Some("postgresql") => Ok(Endpoint::Postgres(dsn.to_string())),
             Some("mysql") => Ok(Endpoint::MySql(dsn.to_string())),
+            Some("http") | Some("https") => parse_etcd_endpoints(dsn),
             // kine's go-sql-driver form without a scheme: user@tcp(host)/db
             None if dsn.contains("@tcp(") || dsn.contains("@unix(") => {
                 Ok(Endpoint::MySql(dsn.to_string()))
@@ -162,4 +168,18 @@ impl Config {
             Some(other) => anyhow::bail!("unsupported endpoint scheme {other:?}"),
         }
     }
+}
+
+/// `http://h1:2379,https://h2:2379`: every entry must be an http(s) URL.
+fn parse_etcd_endpoints(list: &str) -> anyhow::Result<Endpoint> {
+    let mut out = Vec::new();
+    for e in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let url =
+            url::Url::parse(e).map_err(|err| anyhow::anyhow!("bad etcd endpoint {e:?}: {err}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            anyhow::bail!("bad etcd endpoint {e:?}: want http://HOST:PORT or https://HOST:PORT");
+        }
+        out.push(e.trim_end_matches('/').to_string());
+    }
+    Ok(Endpoint::Etcd(out))
 }

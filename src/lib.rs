@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod mvcc;
+pub mod passthrough;
 pub mod proto;
 pub mod server;
 pub mod sql;
@@ -49,6 +50,10 @@ pub async fn run(
         Endpoint::Sqlite(cfg) => sql::sqlite::connect(&cfg).await?,
         Endpoint::Postgres(dsn) => sql::postgres::connect(&dsn, &config.db_tls()).await?,
         Endpoint::MySql(dsn) => sql::mysql::connect(&dsn, &config.db_tls()).await?,
+        // Passthrough mode: a proxy to an etcd cluster, no database.
+        Endpoint::Etcd(endpoints) => {
+            return passthrough::serve(config, endpoints, listener, shutdown).await;
+        }
     };
     let (meta, cluster_id) = {
         let mut tx = db.begin_read().await?;

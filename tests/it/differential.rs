@@ -480,7 +480,7 @@ fn norm_txn(t: &mut pb::TxnResponse) {
     norm_header(&mut t.header);
 }
 
-async fn play(endpoint: &str) -> Vec<String> {
+pub(crate) async fn play(endpoint: &str) -> Vec<String> {
     let channel = Channel::from_shared(endpoint.to_string())
         .unwrap()
         .connect()

@@ -23,6 +23,9 @@ pub enum Target {
     MySql,
     /// A real etcd 3.4, to prove the test's expectations.
     Etcd,
+    /// Koine in passthrough mode in front of a real etcd 3.4: answers as
+    /// that etcd does.
+    Passthrough,
 }
 
 /// A running server of any target.
@@ -36,6 +39,8 @@ pub struct Server {
 enum Guard {
     Koine(Koine),
     Etcd(Etcd),
+    /// Koine first, so that it stops before its etcd.
+    Passthrough(Koine, Etcd),
 }
 
 impl Server {
@@ -70,6 +75,15 @@ impl Server {
                     _guard: Guard::Etcd(e),
                 }
             }
+            Target::Passthrough => {
+                let e = Etcd::start().await;
+                let k = Koine::start_on(&e.endpoint, &[]).await;
+                Server {
+                    target,
+                    endpoint: k.endpoint.clone(),
+                    _guard: Guard::Passthrough(k, e),
+                }
+            }
         }
     }
 
@@ -79,8 +93,11 @@ impl Server {
             .expect("connect")
     }
 
+    /// Koine's own engine answers (not etcd, directly or through
+    /// passthrough): for behaviour where Koine follows etcd 3.5 and the
+    /// test etcd is 3.4.
     pub fn is_koine(&self) -> bool {
-        self.target != Target::Etcd
+        !matches!(self.target, Target::Etcd | Target::Passthrough)
     }
 }
 
@@ -109,6 +126,8 @@ macro_rules! on_every_target {
                 async fn mysql() { run(Target::MySql, super::$name).await }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn etcd() { run(Target::Etcd, super::$name).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn passthrough() { run(Target::Passthrough, super::$name).await }
             }
         )*
     };

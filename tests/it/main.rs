@@ -16,4 +16,5 @@ mod kv;
 mod lease;
 mod model;
 mod ops;
+mod passthrough;
 mod watch;

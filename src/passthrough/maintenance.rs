@@ -1,0 +1,73 @@
+//! Maintenance relayed to etcd: Status, Alarm, Defragment, Hash, HashKV,
+//! MoveLeader, Downgrade and the Snapshot stream, answers unchanged.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::relay::ClientStream;
+use super::upstream::{self, Origin, Retry, Upstream};
+use crate::proto::etcdserverpb as pb;
+use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+
+fn maintenance(channel: Channel) -> MaintenanceClient<Channel> {
+    MaintenanceClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+pub struct MaintenanceProxy {
+    pub up: Arc<Upstream>,
+}
+
+relay_impl! {
+    Maintenance, MaintenanceProxy, maintenance;
+    {
+        async fn alarm(
+            &self,
+            req: Request<pb::AlarmRequest>,
+        ) -> Result<Response<pb::AlarmResponse>, Status> {
+            let retry = if req.get_ref().action == pb::alarm_request::AlarmAction::Get as i32 {
+                Retry::Always
+            } else {
+                Retry::IfUnsent
+            };
+            self.up
+                .unary(req, retry, |ch, r| async move { maintenance(ch).alarm(r).await })
+                .await
+        }
+
+        type SnapshotStream = ClientStream<pb::SnapshotResponse>;
+
+        /// Streamed from one endpoint; a broken connection ends it with
+        /// `Unavailable` (a snapshot cannot be continued elsewhere).
+        async fn snapshot(
+            &self,
+            req: Request<pb::SnapshotRequest>,
+        ) -> Result<Response<Self::SnapshotStream>, Status> {
+            let stream = self
+                .up
+                .unary(req, Retry::Always, |ch, r| async move {
+                    maintenance(ch).snapshot(r).await
+                })
+                .await?
+                .into_inner()
+                .map(|msg| {
+                    msg.map_err(|st| match upstream::classify(&st) {
+                        Origin::Etcd => upstream::etcd_status(st),
+                        _ => upstream::lost(&st),
+                    })
+                });
+            Ok(Response::new(Box::pin(stream)))
+        }
+    }
+    status(pb::StatusRequest) -> pb::StatusResponse, Retry::Always;
+    defragment(pb::DefragmentRequest) -> pb::DefragmentResponse, Retry::Always;
+    hash(pb::HashRequest) -> pb::HashResponse, Retry::Always;
+    hash_kv(pb::HashKvRequest) -> pb::HashKvResponse, Retry::Always;
+    move_leader(pb::MoveLeaderRequest) -> pb::MoveLeaderResponse, Retry::IfUnsent;
+    downgrade(pb::DowngradeRequest) -> pb::DowngradeResponse, Retry::IfUnsent;
+}

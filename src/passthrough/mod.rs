@@ -1,0 +1,159 @@
+//! Passthrough mode (`--endpoint http://h1:2379,http://h2:2379`): Koine in
+//! front of a real etcd cluster. Every KV, Watch, Lease, Maintenance,
+//! Cluster and Auth call is sent on to etcd through Koine's own generated
+//! clients, with the client's request metadata (auth token, `hasleader`),
+//! and etcd's answers — errors included, code and text — come back
+//! unchanged. MemberList alone is answered with Koine's own address, so
+//! clients keep talking to Koine.
+//!
+//! `upstream` holds the endpoints (TLS from `--ca-file`/`--cert-file`/
+//! `--key-file`/`--skip-verify`), failover and the retry rules for unary
+//! calls; `relay` the bidirectional streams with failover, `watch` the
+//! watch resume (same ids, from the revision after the last delivered),
+//! `lease` the keepalive resume.
+
+/// Implements `$service` for `$proxy` by relaying each listed unary call
+/// through `$client` with its retry rule; the braces hold the rest.
+macro_rules! relay_impl {
+    (
+        $service:path, $proxy:ty, $client:ident;
+        { $($extra:tt)* }
+        $( $method:ident($req:ty) -> $resp:ty, $retry:expr; )*
+    ) => {
+        #[tonic::async_trait]
+        impl $service for $proxy {
+            $(
+                async fn $method(
+                    &self,
+                    req: Request<$req>,
+                ) -> Result<Response<$resp>, Status> {
+                    self.up
+                        .unary(req, $retry, |ch, r| async move {
+                            $client(ch).$method(r).await
+                        })
+                        .await
+                }
+            )*
+            $($extra)*
+        }
+    };
+}
+
+pub mod auth;
+pub mod cluster;
+pub mod http;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod relay;
+pub mod upstream;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::proto::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use upstream::Upstream;
+
+/// Largest message accepted from a client. etcd enforces its own request
+/// limit (and answers with its own error text), so this only has to sit
+/// above any limit etcd may be configured with.
+const MAX_CLIENT_MESSAGE: usize = 256 << 20;
+
+/// Serves the etcd API on `listener`, relaying to the etcd `endpoints`,
+/// until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    endpoints: Vec<String>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    let up = Arc::new(Upstream::new(&endpoints, &config)?);
+    let tls = crate::server_tls(&config)?;
+    let client_url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
+    let cancel = CancellationToken::new();
+    let metrics = crate::metrics::Metrics::new();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let grpc = tonic::service::Routes::new(
+        KvServer::new(kv::KvProxy { up: up.clone() })
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseProxy {
+            up: up.clone(),
+            shutdown: cancel.clone(),
+        })
+        .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchProxy {
+            up: up.clone(),
+            shutdown: cancel.clone(),
+        })
+        .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+        .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        MaintenanceServer::new(maintenance::MaintenanceProxy { up: up.clone() })
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        ClusterServer::new(cluster::ClusterProxy {
+            up: up.clone(),
+            name: config.name.clone(),
+            client_url,
+        })
+        .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+    )
+    .add_service(
+        AuthServer::new(auth::AuthProxy { up: up.clone() })
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+    )
+    .add_service(health_service);
+    let routes = tonic::service::Routes::from(
+        grpc.into_axum_router()
+            .merge(http::routes(up.clone(), metrics.clone())),
+    );
+    let mut builder = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(7200)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder
+        .layer(crate::metrics::GrpcMetricsLayer { metrics })
+        .add_routes(routes);
+    tracing::info!(address = %local, etcd = ?endpoints, "serving etcd API in passthrough mode");
+    // Streams (watch, keepalive) end when `cancel` fires, so that the
+    // graceful shutdown of the transport can complete.
+    let stop = cancel.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stop.cancel();
+    };
+    router
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await?;
+    cancel.cancel();
+    Ok(())
+}
