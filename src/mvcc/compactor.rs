@@ -3,7 +3,7 @@
 //! delete unreachable log rows in small steps.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -22,20 +22,12 @@ pub async fn compact_loop(
     if every.is_zero() {
         return;
     }
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !is_leader.load(Ordering::SeqCst) {
-            continue;
-        }
+    crate::mvcc::tail::while_leader(every, is_leader, cancel, || async {
         if let Err(e) = compact_once(&store, retain).await {
             tracing::warn!(error = %e, "background compaction failed");
         }
-    }
+    })
+    .await;
 }
 
 async fn compact_once(store: &Store, retain: i64) -> Result<()> {

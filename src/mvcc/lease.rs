@@ -2,7 +2,7 @@
 //! revoke them through the writer, so their keys are deleted with events.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -19,20 +19,12 @@ pub async fn expire_loop(
     is_leader: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !is_leader.load(Ordering::SeqCst) {
-            continue;
-        }
+    crate::mvcc::tail::while_leader(every, is_leader, cancel, || async {
         if let Err(e) = expire_once(&store).await {
             tracing::warn!(error = %e, "lease expiry check failed");
         }
-    }
+    })
+    .await;
 }
 
 async fn expire_once(store: &Store) -> crate::error::Result<()> {

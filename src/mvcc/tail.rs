@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Result;
 use crate::mvcc::hub::Hub;
 use crate::mvcc::types::{Event, EventKind, KeyValue, Revision};
-use crate::sql::Db;
+use crate::sql::{Db, LoggedChange};
 
 /// Revisions read from the log per step when filling a gap.
 const FILL_STEP: i64 = 512;
@@ -69,30 +69,7 @@ impl Feed {
             let mut tx = self.db.begin_read().await?;
             let changes = tx.changes(from, upto, i64::MAX).await?;
             tx.commit().await?;
-            let mut batch: Vec<(Revision, Vec<Event>)> = Vec::new();
-            for c in changes {
-                let ev = Event {
-                    kind: if c.row.deleted {
-                        EventKind::Delete
-                    } else {
-                        EventKind::Put
-                    },
-                    kv: if c.row.deleted {
-                        KeyValue {
-                            key: c.row.kv.key,
-                            mod_revision: c.row.revision,
-                            ..KeyValue::default()
-                        }
-                    } else {
-                        c.row.kv
-                    },
-                    prev_kv: c.prev,
-                };
-                match batch.last_mut() {
-                    Some((rev, evs)) if *rev == c.row.revision => evs.push(ev),
-                    _ => batch.push((c.row.revision, vec![ev])),
-                }
-            }
+            let batch = events_by_revision(changes);
             if batch.last().map(|(r, _)| *r) != Some(upto) {
                 // Compaction removed part of the range: the log cannot
                 // supply it; restart the hub's memory after it.
@@ -103,6 +80,37 @@ impl Feed {
             self.hub.publish(batch);
         }
     }
+}
+
+/// Turns logged changes (in revision order) into events grouped by
+/// revision.
+pub fn events_by_revision(changes: Vec<LoggedChange>) -> Vec<(Revision, Vec<Event>)> {
+    let mut out: Vec<(Revision, Vec<Event>)> = Vec::new();
+    for c in changes {
+        let revision = c.row.revision;
+        let ev = if c.row.deleted {
+            Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: c.row.kv.key,
+                    mod_revision: revision,
+                    ..KeyValue::default()
+                },
+                prev_kv: c.prev,
+            }
+        } else {
+            Event {
+                kind: EventKind::Put,
+                kv: c.row.kv,
+                prev_kv: c.prev,
+            }
+        };
+        match out.last_mut() {
+            Some((rev, evs)) if *rev == revision => evs.push(ev),
+            _ => out.push((revision, vec![ev])),
+        }
+    }
+    out
 }
 
 /// Follows revisions committed by other instances.
@@ -139,6 +147,26 @@ pub async fn tail_loop(feed: Arc<Feed>, db: Db, poll: Duration, cancel: Cancella
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "revision poll failed"),
+        }
+    }
+}
+
+/// Calls `job` every `every` while this instance is the leader, until
+/// `cancel` fires (lease expiry and background compaction).
+pub async fn while_leader<F, Fut>(every: Duration, is_leader: Arc<AtomicBool>, cancel: CancellationToken, mut job: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if is_leader.load(Ordering::SeqCst) {
+            job().await;
         }
     }
 }

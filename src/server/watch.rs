@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Result;
 use crate::mvcc::hub::{RevisionEvents, Since};
-use crate::mvcc::types::{Event, EventKind, KeyRange, Revision};
+use crate::mvcc::types::{EventKind, KeyRange, Revision};
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{self as pb, watch_request::RequestUnion};
 use crate::proto::mvccpb;
@@ -323,34 +323,10 @@ impl WatchStream {
             Ok(Err(compact)) => return Err(CatchUp::Compacted(compact)),
             Err(e) => return Err(CatchUp::Failed(e)),
         };
-        let mut out: Vec<RevisionEvents> = Vec::new();
-        for c in changes {
-            let ev = Event {
-                kind: if c.row.deleted {
-                    EventKind::Delete
-                } else {
-                    EventKind::Put
-                },
-                kv: if c.row.deleted {
-                    crate::mvcc::types::KeyValue {
-                        key: c.row.kv.key,
-                        mod_revision: c.row.revision,
-                        ..Default::default()
-                    }
-                } else {
-                    c.row.kv
-                },
-                prev_kv: c.prev,
-            };
-            match out.last_mut() {
-                Some(last) if last.revision == c.row.revision => last.events.push(ev),
-                _ => out.push(RevisionEvents {
-                    revision: c.row.revision,
-                    events: vec![ev],
-                }),
-            }
-        }
-        Ok((out.into_iter().map(Arc::new).collect(), upto))
+        let out = crate::mvcc::tail::events_by_revision(changes)
+            .into_iter()
+            .map(|(revision, events)| RevisionEvents { revision, events });
+        Ok((out.map(Arc::new).collect(), upto))
     }
 
     /// Sends a watcher the events of `revisions` that it selects, and moves
