@@ -109,7 +109,10 @@ impl Store {
         self.bounded(self.lease_inner(id)).await
     }
 
-    async fn lease_inner(&self, id: i64) -> Result<(Option<LeaseRow>, Vec<bytes::Bytes>, Revision)> {
+    async fn lease_inner(
+        &self,
+        id: i64,
+    ) -> Result<(Option<LeaseRow>, Vec<bytes::Bytes>, Revision)> {
         let mut tx = self.db.begin_read().await?;
         let meta = tx.read_meta().await?;
         let lease = tx.lease_get(id).await?;

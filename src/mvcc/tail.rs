@@ -153,8 +153,12 @@ pub async fn tail_loop(feed: Arc<Feed>, db: Db, poll: Duration, cancel: Cancella
 
 /// Calls `job` every `every` while this instance is the leader, until
 /// `cancel` fires (lease expiry and background compaction).
-pub async fn while_leader<F, Fut>(every: Duration, is_leader: Arc<AtomicBool>, cancel: CancellationToken, mut job: F)
-where
+pub async fn while_leader<F, Fut>(
+    every: Duration,
+    is_leader: Arc<AtomicBool>,
+    cancel: CancellationToken,
+    mut job: F,
+) where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::mvcc::apply::{self, BatchState};
 use crate::metrics::Metrics;
+use crate::mvcc::apply::{self, BatchState};
 use crate::mvcc::tail::Feed;
 use crate::mvcc::types::{Revision, WriteRequest, WriteResult};
 use crate::sql::{Db, DbTx};
@@ -120,7 +120,9 @@ impl WriterTask {
                 self.metrics
                     .commit_seconds
                     .observe(committing.elapsed().as_secs_f64());
-                self.metrics.txn_seconds.observe(began.elapsed().as_secs_f64());
+                self.metrics
+                    .txn_seconds
+                    .observe(began.elapsed().as_secs_f64());
                 self.metrics.batch_size.observe(reqs.len() as f64);
                 self.feed.publish_local(state.events).await;
                 Ok(replies)

@@ -65,14 +65,27 @@ async fn livez(State(s): State<SharedRef>, RawQuery(q): RawQuery) -> Response {
 }
 
 async fn readyz(State(s): State<SharedRef>, RawQuery(q): RawQuery) -> Response {
-    checks(&s, &[("database", false), ("writer", true)], q.as_deref(), "readyz").await
+    checks(
+        &s,
+        &[("database", false), ("writer", true)],
+        q.as_deref(),
+        "readyz",
+    )
+    .await
 }
 
 /// Runs named checks, answering in etcd's `[+]name ok` / `[-]name failed`
 /// format; `?verbose` lists them on success, `?exclude=name` skips one.
-async fn checks(s: &SharedRef, names: &[(&str, bool)], query: Option<&str>, what: &str) -> Response {
+async fn checks(
+    s: &SharedRef,
+    names: &[(&str, bool)],
+    query: Option<&str>,
+    what: &str,
+) -> Response {
     let query = query.unwrap_or("");
-    let verbose = query.split('&').any(|p| p == "verbose" || p.starts_with("verbose="));
+    let verbose = query
+        .split('&')
+        .any(|p| p == "verbose" || p.starts_with("verbose="));
     let excluded: Vec<&str> = query
         .split('&')
         .filter_map(|p| p.strip_prefix("exclude="))
@@ -131,7 +144,10 @@ async fn metrics(State(s): State<SharedRef>) -> Response {
     }
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(),
     )
         .into_response()

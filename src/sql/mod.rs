@@ -443,7 +443,10 @@ impl DbTx {
         let changed = self.changed_at(range, revision).await?;
         // Merge two key-ordered, disjoint lists.
         let mut out = Vec::with_capacity(unchanged.len() + changed.len());
-        let (mut a, mut b) = (unchanged.into_iter().peekable(), changed.into_iter().peekable());
+        let (mut a, mut b) = (
+            unchanged.into_iter().peekable(),
+            changed.into_iter().peekable(),
+        );
         loop {
             let next = match (a.peek(), b.peek()) {
                 (Some(x), Some(y)) if x.key <= y.key => a.next(),

@@ -16,7 +16,11 @@ struct Raw {
 }
 
 async fn raw(s: &Server) -> Raw {
-    let ch = Channel::from_shared(s.endpoint.clone()).unwrap().connect().await.unwrap();
+    let ch = Channel::from_shared(s.endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     Raw {
         kv: pb::kv_client::KvClient::new(ch.clone())
             .max_encoding_message_size(64 << 20)
@@ -30,13 +34,16 @@ fn b(s: &str) -> Bytes {
 }
 
 async fn revision(r: &mut Raw) -> i64 {
-    r.kv.range(pb::RangeRequest { key: b("x"), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision
+    r.kv.range(pb::RangeRequest {
+        key: b("x"),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .header
+    .unwrap()
+    .revision
 }
 
 fn expect<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>, code: Code, msg: &str) {
@@ -48,19 +55,35 @@ fn expect<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>, code
 
 async fn malformed_requests_change_nothing(s: Server) {
     let mut r = raw(&s).await;
-    r.kv.put(pb::PutRequest { key: b("x"), value: b("1"), ..Default::default() }).await.unwrap();
+    r.kv.put(pb::PutRequest {
+        key: b("x"),
+        value: b("1"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let before = revision(&mut r).await;
 
     // Oversize: over the request limit, and over the transport limit.
     let big = Bytes::from(vec![b'v'; 1_600_000]);
     expect(
-        r.kv.put(pb::PutRequest { key: b("big"), value: big.clone(), ..Default::default() }).await,
+        r.kv.put(pb::PutRequest {
+            key: b("big"),
+            value: big.clone(),
+            ..Default::default()
+        })
+        .await,
         Code::InvalidArgument,
         "etcdserver: request is too large",
     );
     let huge_key = Bytes::from(vec![b'k'; 1_600_000]);
     expect(
-        r.kv.put(pb::PutRequest { key: huge_key, value: b("v"), ..Default::default() }).await,
+        r.kv.put(pb::PutRequest {
+            key: huge_key,
+            value: b("v"),
+            ..Default::default()
+        })
+        .await,
         Code::InvalidArgument,
         "etcdserver: request is too large",
     );
@@ -74,11 +97,20 @@ async fn malformed_requests_change_nothing(s: Server) {
         })
         .collect();
     expect(
-        r.kv.txn(pb::TxnRequest { compare: vec![], success: ops, failure: vec![] }).await,
+        r.kv.txn(pb::TxnRequest {
+            compare: vec![],
+            success: ops,
+            failure: vec![],
+        })
+        .await,
         Code::InvalidArgument,
         "etcdserver: request is too large",
     );
-    let over = pb::PutRequest { key: b("big"), value: Bytes::from(vec![b'v'; 3 << 20]), ..Default::default() };
+    let over = pb::PutRequest {
+        key: b("big"),
+        value: Bytes::from(vec![b'v'; 3 << 20]),
+        ..Default::default()
+    };
     let len = prost::Message::encoded_len(&over);
     expect(
         r.kv.put(over).await,
@@ -87,8 +119,16 @@ async fn malformed_requests_change_nothing(s: Server) {
     );
 
     // Empty keys everywhere.
-    expect(r.kv.put(pb::PutRequest::default()).await, Code::InvalidArgument, "etcdserver: key is not provided");
-    expect(r.kv.range(pb::RangeRequest::default()).await, Code::InvalidArgument, "etcdserver: key is not provided");
+    expect(
+        r.kv.put(pb::PutRequest::default()).await,
+        Code::InvalidArgument,
+        "etcdserver: key is not provided",
+    );
+    expect(
+        r.kv.range(pb::RangeRequest::default()).await,
+        Code::InvalidArgument,
+        "etcdserver: key is not provided",
+    );
     expect(
         r.kv.delete_range(pb::DeleteRangeRequest::default()).await,
         Code::InvalidArgument,
@@ -96,22 +136,39 @@ async fn malformed_requests_change_nothing(s: Server) {
     );
     // Unknown lease, future revision, compacted revision.
     expect(
-        r.kv.put(pb::PutRequest { key: b("x"), lease: 0x7777, ..Default::default() }).await,
+        r.kv.put(pb::PutRequest {
+            key: b("x"),
+            lease: 0x7777,
+            ..Default::default()
+        })
+        .await,
         Code::NotFound,
         "etcdserver: requested lease not found",
     );
     expect(
-        r.kv.range(pb::RangeRequest { key: b("x"), revision: before + 1, ..Default::default() }).await,
+        r.kv.range(pb::RangeRequest {
+            key: b("x"),
+            revision: before + 1,
+            ..Default::default()
+        })
+        .await,
         Code::OutOfRange,
         "etcdserver: mvcc: required revision is a future revision",
     );
     expect(
-        r.lease.lease_revoke(pb::LeaseRevokeRequest { id: 0x7777 }).await,
+        r.lease
+            .lease_revoke(pb::LeaseRevokeRequest { id: 0x7777 })
+            .await,
         Code::NotFound,
         "etcdserver: requested lease not found",
     );
     expect(
-        r.lease.lease_grant(pb::LeaseGrantRequest { ttl: 9_000_000_001, id: 0 }).await,
+        r.lease
+            .lease_grant(pb::LeaseGrantRequest {
+                ttl: 9_000_000_001,
+                id: 0,
+            })
+            .await,
         Code::OutOfRange,
         "etcdserver: too large lease TTL",
     );
@@ -135,32 +192,49 @@ async fn malformed_requests_change_nothing(s: Server) {
         "etcdserver: key not found",
     );
     // Harmless oddities answer normally: range_end below key, negative limit.
-    let rr = r
-        .kv
-        .range(pb::RangeRequest { key: b("x"), range_end: b("a"), ..Default::default() })
+    let rr =
+        r.kv.range(pb::RangeRequest {
+            key: b("x"),
+            range_end: b("a"),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!((rr.kvs.len(), rr.count), (0, 0));
-    let rr = r
-        .kv
-        .range(pb::RangeRequest { key: b("a"), range_end: b("z"), limit: -5, ..Default::default() })
+    let rr =
+        r.kv.range(pb::RangeRequest {
+            key: b("a"),
+            range_end: b("z"),
+            limit: -5,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!((rr.kvs.len(), rr.more), (1, false));
-    let dr = r
-        .kv
-        .delete_range(pb::DeleteRangeRequest { key: b("x"), range_end: b("a"), ..Default::default() })
+    let dr =
+        r.kv.delete_range(pb::DeleteRangeRequest {
+            key: b("x"),
+            range_end: b("a"),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(dr.deleted, 0);
 
-    assert_eq!(revision(&mut r).await, before, "rejected requests changed nothing");
-    let rr = r
-        .kv
-        .range(pb::RangeRequest { key: b("\0"), range_end: b("\0"), ..Default::default() })
+    assert_eq!(
+        revision(&mut r).await,
+        before,
+        "rejected requests changed nothing"
+    );
+    let rr =
+        r.kv.range(pb::RangeRequest {
+            key: b("\0"),
+            range_end: b("\0"),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -169,17 +243,27 @@ async fn malformed_requests_change_nothing(s: Server) {
 
 async fn invalid_watch_requests(s: Server) {
     use futures::StreamExt;
-    let ch = Channel::from_shared(s.endpoint.clone()).unwrap().connect().await.unwrap();
+    let ch = Channel::from_shared(s.endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut w = pb::watch_client::WatchClient::new(ch);
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let create = |key: &str| pb::WatchRequest {
-        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(pb::WatchCreateRequest {
-            key: b(key),
-            ..Default::default()
-        })),
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: b(key),
+                ..Default::default()
+            },
+        )),
     };
     tx.send(create("w")).await.unwrap();
-    let mut stream = w.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut stream = w
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let mut next = async || {
         tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
             .await
@@ -191,7 +275,9 @@ async fn invalid_watch_requests(s: Server) {
     assert!(r.created && !r.canceled && r.watch_id == 0, "{r:?}");
     // Cancelling an unknown watch id is ignored; the stream stays usable.
     tx.send(pb::WatchRequest {
-        request_union: Some(pb::watch_request::RequestUnion::CancelRequest(pb::WatchCancelRequest { watch_id: 42 })),
+        request_union: Some(pb::watch_request::RequestUnion::CancelRequest(
+            pb::WatchCancelRequest { watch_id: 42 },
+        )),
     })
     .await
     .unwrap();

@@ -153,7 +153,8 @@ impl Supervised {
     /// a database that accepts connections but never answers).
     fn signal_tree(&self, signal: &str) {
         if let Some(pid) = self.pid() {
-            let script = format!("kill -{signal} \"$1\" $(ps -o pid= --ppid \"$1\") 2>/dev/null; true");
+            let script =
+                format!("kill -{signal} \"$1\" $(ps -o pid= --ppid \"$1\") 2>/dev/null; true");
             let _ = Command::new("bash")
                 .arg("-c")
                 .arg(script)

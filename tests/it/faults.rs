@@ -15,7 +15,12 @@ type Acks = Arc<Mutex<BTreeMap<String, String>>>;
 
 /// `clients` writers putting unique keys until stopped; every acknowledged
 /// (key, value) is recorded.
-fn writers(endpoint: &str, clients: usize, acks: Acks, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<tokio::task::JoinHandle<Vec<Code>>> {
+fn writers(
+    endpoint: &str,
+    clients: usize,
+    acks: Acks,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<Code>>> {
     (0..clients)
         .map(|c| {
             let ep = endpoint.to_string();
@@ -29,7 +34,12 @@ fn writers(endpoint: &str, clients: usize, acks: Acks, stop: Arc<std::sync::atom
                 let mut i = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let (k, v) = (format!("f/{c}/{i}"), format!("v{i}"));
-                    match tokio::time::timeout(Duration::from_secs(20), client.put(k.clone(), v.clone(), None)).await {
+                    match tokio::time::timeout(
+                        Duration::from_secs(20),
+                        client.put(k.clone(), v.clone(), None),
+                    )
+                    .await
+                    {
                         Ok(Ok(_)) => {
                             acks.lock().unwrap().insert(k, v);
                         }
@@ -49,7 +59,9 @@ fn writers(endpoint: &str, clients: usize, acks: Acks, stop: Arc<std::sync::atom
 }
 
 async fn check_acks(endpoint: &str, acks: &Acks) {
-    let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+    let mut c = etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap();
     let r = c
         .get("f/", Some(etcd_client::GetOptions::new().with_prefix()))
         .await
@@ -57,7 +69,12 @@ async fn check_acks(endpoint: &str, acks: &Acks) {
     let stored: BTreeMap<String, String> = r
         .kvs()
         .iter()
-        .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string()))
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                kv.value_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let acks = acks.lock().unwrap();
     assert!(!acks.is_empty());
@@ -86,7 +103,11 @@ async fn kill9_under_load(endpoint: String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_under_load_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    kill9_under_load(format!("sqlite://{}", dir.path().join("state.db").display())).await;
+    kill9_under_load(format!(
+        "sqlite://{}",
+        dir.path().join("state.db").display()
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,9 +132,13 @@ async fn database_restart_under_load() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     pg.kill().await;
     // While the database is down a request fails with Unavailable.
-    let mut probe = etcd_client::Client::connect([k.endpoint.as_str()], None).await.unwrap();
+    let mut probe = etcd_client::Client::connect([k.endpoint.as_str()], None)
+        .await
+        .unwrap();
     match tokio::time::timeout(Duration::from_secs(10), probe.put("probe", "x", None)).await {
-        Ok(Err(etcd_client::Error::GRpcStatus(s))) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+        Ok(Err(etcd_client::Error::GRpcStatus(s))) => {
+            assert_eq!(s.code(), Code::Unavailable, "{s:?}")
+        }
         other => panic!("a put during the outage must fail with Unavailable: {other:?}"),
     }
     let during = acks.lock().unwrap().len();
@@ -121,7 +146,10 @@ async fn database_restart_under_load() {
     // Writes succeed again without restarting Koine.
     let deadline = Instant::now() + Duration::from_secs(30);
     while acks.lock().unwrap().len() < during + 50 {
-        assert!(Instant::now() < deadline, "no recovery after the database came back");
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after the database came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -142,7 +170,9 @@ async fn database_restart_under_load() {
 async fn frozen_database_times_out() {
     let pg = Postgres::start().await;
     let k = Koine::start_on(&pg.dsn("koine"), &["--request-timeout", "1s"]).await;
-    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None).await.unwrap();
+    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None)
+        .await
+        .unwrap();
     c.put("a", "1", None).await.unwrap();
     pg.pause();
     let started = Instant::now();
@@ -152,7 +182,10 @@ async fn frozen_database_times_out() {
         .unwrap_err();
     match e {
         etcd_client::Error::GRpcStatus(s) => {
-            assert_eq!((s.code(), s.message()), (Code::Unavailable, "etcdserver: request timed out"));
+            assert_eq!(
+                (s.code(), s.message()),
+                (Code::Unavailable, "etcdserver: request timed out")
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -161,7 +194,10 @@ async fn frozen_database_times_out() {
         .await
         .expect("no hang")
         .unwrap_err();
-    assert!(matches!(e, etcd_client::Error::GRpcStatus(ref s) if s.message() == "etcdserver: request timed out"), "{e:?}");
+    assert!(
+        matches!(e, etcd_client::Error::GRpcStatus(ref s) if s.message() == "etcdserver: request timed out"),
+        "{e:?}"
+    );
     pg.resume();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -179,14 +215,21 @@ async fn frozen_database_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown() {
     let k = Koine::start(&[]).await;
-    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None).await.unwrap();
-    let mut w = c.watch("f/", Some(etcd_client::WatchOptions::new().with_prefix())).await.unwrap();
+    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let mut w = c
+        .watch("f/", Some(etcd_client::WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
     w.message().await.unwrap();
     let acks: Acks = Default::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tasks = writers(&k.endpoint, 16, acks.clone(), stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let dir = tokio::time::timeout(Duration::from_secs(20), k.stop()).await.expect("shutdown in time");
+    let dir = tokio::time::timeout(Duration::from_secs(20), k.stop())
+        .await
+        .expect("shutdown in time");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();

@@ -208,19 +208,31 @@ on_shared_databases!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_stay_out_of_logs() {
     let pg = crate::dbs::shared_postgres();
-    let dsn = pg.dsn("koine_pw_test").replace("postgres@", "postgres:s3cr3t-pw@");
+    let dsn = pg
+        .dsn("koine_pw_test")
+        .replace("postgres@", "postgres:s3cr3t-pw@");
     let node = KoineProcess::start(&dsn, &["--log-level", "debug"]).await;
     let mut c = node.client().await;
     c.put("k", "v", None).await.unwrap();
-    assert!(!node.log_text().contains("s3cr3t-pw"), "{}", node.log_text());
+    assert!(
+        !node.log_text().contains("s3cr3t-pw"),
+        "{}",
+        node.log_text()
+    );
 
     // Unreachable database: Koine retries with a clear line, no password.
     let port = crate::harness::free_port();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("koine.log");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_koine"))
-        .args(["--listen-address", &format!("127.0.0.1:{}", crate::harness::free_port())])
-        .args(["--endpoint", &format!("mysql://root:s3cr3t-pw@tcp(127.0.0.1:{port})/k")])
+        .args([
+            "--listen-address",
+            &format!("127.0.0.1:{}", crate::harness::free_port()),
+        ])
+        .args([
+            "--endpoint",
+            &format!("mysql://root:s3cr3t-pw@tcp(127.0.0.1:{port})/k"),
+        ])
         .env("NO_COLOR", "1")
         .stderr(std::fs::File::create(&log).unwrap())
         .kill_on_drop(true)

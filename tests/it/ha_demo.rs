@@ -10,9 +10,7 @@ async fn ha_demo_script_survives_an_instance_kill() {
     // Three consecutive free ports.
     let base = loop {
         let p = crate::harness::free_port();
-        if p < 65000
-            && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
-        {
+        if p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
             break p;
         }
     };

@@ -26,7 +26,10 @@ struct Model {
 
 impl Model {
     fn new() -> Model {
-        Model { revision: 1, history: vec![BTreeMap::new()] }
+        Model {
+            revision: 1,
+            history: vec![BTreeMap::new()],
+        }
     }
     fn now(&self) -> &BTreeMap<String, Kv> {
         self.history.last().unwrap()
@@ -40,7 +43,10 @@ impl Model {
         let rev = self.revision + 1;
         let mut changed = !puts.is_empty();
         for (a, b) in dels.iter().filter(|(a, b)| a < b) {
-            let keys: Vec<String> = next.range(a.clone()..b.clone()).map(|(k, _)| k.clone()).collect();
+            let keys: Vec<String> = next
+                .range(a.clone()..b.clone())
+                .map(|(k, _)| k.clone())
+                .collect();
             changed |= !keys.is_empty();
             for k in keys {
                 next.remove(&k);
@@ -48,8 +54,18 @@ impl Model {
         }
         for (k, v) in puts {
             let e = match next.get(k) {
-                Some(old) => Kv { create: old.create, modr: rev, version: old.version + 1, value: v.clone() },
-                None => Kv { create: rev, modr: rev, version: 1, value: v.clone() },
+                Some(old) => Kv {
+                    create: old.create,
+                    modr: rev,
+                    version: old.version + 1,
+                    value: v.clone(),
+                },
+                None => Kv {
+                    create: rev,
+                    modr: rev,
+                    version: 1,
+                    value: v.clone(),
+                },
             };
             next.insert(k.clone(), e);
         }
@@ -112,8 +128,15 @@ async fn random_operations_match_the_model(s: Server) {
                 }
                 4 => {
                     let (a, b) = (rng.key(), rng.key());
-                    let r = c.delete(a.clone(), Some(DeleteOptions::new().with_range(b.clone()))).await.unwrap();
-                    let want = if a < b { m.now().range(a.clone()..b.clone()).count() } else { 0 };
+                    let r = c
+                        .delete(a.clone(), Some(DeleteOptions::new().with_range(b.clone())))
+                        .await
+                        .unwrap();
+                    let want = if a < b {
+                        m.now().range(a.clone()..b.clone()).count()
+                    } else {
+                        0
+                    };
                     m.apply(&[], &[(a, b)]);
                     assert_eq!(r.deleted() as usize, want, "{ctx}");
                     assert_eq!(r.header().unwrap().revision(), m.revision, "{ctx}");
@@ -121,7 +144,11 @@ async fn random_operations_match_the_model(s: Server) {
                 5..=6 => {
                     // Guarded update: compare mod revision, put or read.
                     let k = rng.key();
-                    let guess = if rng.below(2) == 0 { m.now().get(&k).map_or(0, |e| e.modr) } else { rng.below(m.revision as u64 + 1) as i64 };
+                    let guess = if rng.below(2) == 0 {
+                        m.now().get(&k).map_or(0, |e| e.modr)
+                    } else {
+                        rng.below(m.revision as u64 + 1) as i64
+                    };
                     let v = format!("t{step}");
                     let t = Txn::new()
                         .when([Compare::mod_revision(k.clone(), CompareOp::Equal, guess)])
@@ -135,7 +162,12 @@ async fn random_operations_match_the_model(s: Server) {
                     } else {
                         match &r.op_responses()[0] {
                             TxnOpResponse::Get(g) => {
-                                let want: Vec<(String, Kv)> = m.now().get(&k).map(|e| (k.clone(), e.clone())).into_iter().collect();
+                                let want: Vec<(String, Kv)> = m
+                                    .now()
+                                    .get(&k)
+                                    .map(|e| (k.clone(), e.clone()))
+                                    .into_iter()
+                                    .collect();
                                 assert_eq!(seen(g.kvs()), want, "{ctx}");
                             }
                             other => panic!("{ctx}: {other:?}"),
@@ -146,7 +178,11 @@ async fn random_operations_match_the_model(s: Server) {
                 _ => {
                     let (a, b) = (rng.key(), rng.key());
                     let limit = rng.below(4) as i64;
-                    let rev = if rng.below(2) == 0 { 0 } else { 1 + rng.below(m.revision as u64) as i64 };
+                    let rev = if rng.below(2) == 0 {
+                        0
+                    } else {
+                        1 + rng.below(m.revision as u64) as i64
+                    };
                     let mut opts = GetOptions::new().with_range(b.clone()).with_limit(limit);
                     if rev > 0 {
                         opts = opts.with_revision(rev);
@@ -154,12 +190,23 @@ async fn random_operations_match_the_model(s: Server) {
                     let r = c.get(a.clone(), Some(opts)).await.unwrap();
                     let state = if rev > 0 { m.at(rev) } else { m.now() };
                     let all: Vec<(String, Kv)> = if a < b {
-                        state.range(a.clone()..b.clone()).map(|(k, v)| (k.clone(), v.clone())).collect()
+                        state
+                            .range(a.clone()..b.clone())
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
                     } else {
                         Vec::new()
                     };
-                    let take = if limit > 0 { (limit as usize).min(all.len()) } else { all.len() };
-                    assert_eq!(seen(r.kvs()), all[..take].to_vec(), "{ctx}: range {a}..{b} limit {limit} rev {rev}");
+                    let take = if limit > 0 {
+                        (limit as usize).min(all.len())
+                    } else {
+                        all.len()
+                    };
+                    assert_eq!(
+                        seen(r.kvs()),
+                        all[..take].to_vec(),
+                        "{ctx}: range {a}..{b} limit {limit} rev {rev}"
+                    );
                     assert_eq!(r.count() as usize, all.len(), "{ctx}");
                     assert_eq!(r.more(), take < all.len(), "{ctx}");
                     assert_eq!(r.header().unwrap().revision(), m.revision, "{ctx}");

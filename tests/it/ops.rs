@@ -17,26 +17,39 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status: u16 = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_endpoints_and_metrics() {
     let k = Koine::start(&[]).await;
-    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None).await.unwrap();
+    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None)
+        .await
+        .unwrap();
     c.put("a", "1", None).await.unwrap();
-    let _ = c.get("a", Some(etcd_client::GetOptions::new().with_revision(100))).await;
+    let _ = c
+        .get("a", Some(etcd_client::GetOptions::new().with_revision(100)))
+        .await;
     let mut w = c.watch("a", None).await.unwrap();
     w.message().await.unwrap();
 
     let (st, body) = http_get(k.addr, "/health").await;
-    assert_eq!((st, body.as_str()), (200, r#"{"health":"true","reason":""}"#));
+    assert_eq!(
+        (st, body.as_str()),
+        (200, r#"{"health":"true","reason":""}"#)
+    );
     let (st, body) = http_get(k.addr, "/livez").await;
     assert_eq!((st, body.as_str()), (200, "ok"));
     let (st, body) = http_get(k.addr, "/readyz?verbose").await;
     assert_eq!(st, 200);
-    assert!(body.contains("[+]database ok") && body.contains("[+]writer ok"), "{body}");
+    assert!(
+        body.contains("[+]database ok") && body.contains("[+]writer ok"),
+        "{body}"
+    );
     let (st, body) = http_get(k.addr, "/version").await;
     assert_eq!(st, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -70,25 +83,92 @@ async fn http_endpoints_and_metrics() {
         .unwrap();
     let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = h
-        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .unwrap();
-    assert_eq!(r.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        r.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate.
 pub(crate) fn make_certs(dir: &Path) {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=koine-test-ca"]);
-    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=koine-test-ca",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
-        openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]);
-        openssl(dir, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "2", "-extfile", ext]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+            ],
+        );
     }
 }
 
@@ -99,33 +179,63 @@ async fn tls_with_client_certificates() {
     make_certs(d);
     let p = |f: &str| d.join(f).display().to_string();
     let (cert, key, ca) = (p("server.pem"), p("server.key"), p("ca.pem"));
-    let k = Koine::start(&["--server-cert-file", &cert, "--server-key-file", &key, "--trusted-ca-file", &ca]).await;
+    let k = Koine::start(&[
+        "--server-cert-file",
+        &cert,
+        "--server-key-file",
+        &key,
+        "--trusted-ca-file",
+        &ca,
+    ])
+    .await;
     let https = format!("https://{}", k.addr);
     let tls = etcd_client::TlsOptions::new()
-        .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(d.join("ca.pem")).unwrap()))
+        .ca_certificate(etcd_client::Certificate::from_pem(
+            std::fs::read(d.join("ca.pem")).unwrap(),
+        ))
         .identity(etcd_client::Identity::from_pem(
             std::fs::read(d.join("client.pem")).unwrap(),
             std::fs::read(d.join("client.key")).unwrap(),
         ));
-    let mut c = etcd_client::Client::connect([https.as_str()], Some(etcd_client::ConnectOptions::new().with_tls(tls)))
-        .await
-        .unwrap();
+    let mut c = etcd_client::Client::connect(
+        [https.as_str()],
+        Some(etcd_client::ConnectOptions::new().with_tls(tls)),
+    )
+    .await
+    .unwrap();
     c.put("secure", "yes", None).await.unwrap();
     let m = c.member_list().await.unwrap();
     assert_eq!(m.members()[0].client_urls(), std::slice::from_ref(&https));
     // Without a client certificate the handshake is refused.
-    let tls = etcd_client::TlsOptions::new()
-        .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(d.join("ca.pem")).unwrap()));
+    let tls = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(
+        std::fs::read(d.join("ca.pem")).unwrap(),
+    ));
     let refused = async {
-        let mut c = etcd_client::Client::connect([https.as_str()], Some(etcd_client::ConnectOptions::new().with_tls(tls))).await?;
+        let mut c = etcd_client::Client::connect(
+            [https.as_str()],
+            Some(etcd_client::ConnectOptions::new().with_tls(tls)),
+        )
+        .await?;
         c.get("secure", None).await
     }
     .await;
-    assert!(refused.is_err(), "a client without a certificate got through");
+    assert!(
+        refused.is_err(),
+        "a client without a certificate got through"
+    );
     // etcdctl with the same files.
     let (ok, out, err) = etcdctl_raw(
         &https,
-        &["--cacert", &ca, "--cert", &p("client.pem"), "--key", &p("client.key"), "get", "secure"],
+        &[
+            "--cacert",
+            &ca,
+            "--cert",
+            &p("client.pem"),
+            "--key",
+            &p("client.key"),
+            "get",
+            "secure",
+        ],
         None,
     )
     .await;
