@@ -77,12 +77,23 @@ impl From<sqlx::Error> for Error {
         match &e {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => Error::Unavailable(e),
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(unavailable_sqlstate) => {
+                Error::Unavailable(e)
+            }
             _ => Error::Database(e),
         }
     }
+}
+
+/// SQLSTATEs that mean "the database is going away or not there yet":
+/// connection exceptions (class 08), PostgreSQL's admin/crash shutdown and
+/// "cannot connect now" (57P01-57P03), too many connections (53300).
+fn unavailable_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
 impl Error {
