@@ -114,7 +114,20 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
             .connect_with(opts.clone())
     })
     .await;
-    sqlx::migrate!("migrations/mysql").run(&write).await?;
+    // Instances starting together must not migrate together: MySQL DDL is
+    // not transactional, so hold a server-wide named lock around it.
+    {
+        let mut lock = write.acquire().await?;
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('koine_migrate', 300)")
+            .fetch_one(&mut *lock)
+            .await?;
+        anyhow::ensure!(got == Some(1), "could not take the migration lock");
+        let migrated = sqlx::migrate!("migrations/mysql").run(&write).await;
+        sqlx::query("SELECT RELEASE_LOCK('koine_migrate')")
+            .execute(&mut *lock)
+            .await?;
+        migrated?;
+    }
     let read = MySqlPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(10))

@@ -184,6 +184,22 @@ async fn leader_failover(dsn: String) {
     }
 }
 
+/// Instances started at the same moment on a fresh database all come up
+/// (database creation and migrations are race-free).
+async fn simultaneous_start(dsn: String) {
+    let nodes = futures::future::join_all((0..3).map(|_| KoineProcess::start(&dsn, &[]))).await;
+    for (i, n) in nodes.iter().enumerate() {
+        let mut c = n.client().await;
+        c.put(format!("s/{i}"), "v", None).await.unwrap();
+    }
+    let mut c = nodes[0].client().await;
+    let g = c
+        .get("s/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!((g.count(), g.header().unwrap().revision()), (3, 4));
+}
+
 macro_rules! on_shared_databases {
     ($($name:ident),*) => {
         $(
@@ -200,7 +216,8 @@ macro_rules! on_shared_databases {
 on_shared_databases!(
     dense_revisions_and_watch_fanout,
     txn_sees_other_instances,
-    leader_failover
+    leader_failover,
+    simultaneous_start
 );
 
 /// The password in a DSN never reaches the log, whether the database
