@@ -108,12 +108,15 @@ impl Queries {
         // below R, unless it is a deletion.
         let changed = |bounded: bool| {
             let end = if bounded { " AND c.k < ?" } else { "" };
+            // Driven by the distinct changed keys, each resolved through the
+            // (k, revision) index, never by a scan of the whole log.
             format!(
                 "SELECT l.k, l.create_revision, l.revision, l.version, l.lease, l.value \
-                 FROM koine_log l WHERE l.k IN (SELECT c.k FROM koine_log c \
-                 WHERE c.revision > ? AND c.k >= ?{end}) AND l.revision = \
-                 (SELECT MAX(x.revision) FROM koine_log x WHERE x.k = l.k AND x.revision <= ?) \
-                 AND l.deleted = 0 ORDER BY l.k"
+                 FROM (SELECT DISTINCT c.k AS ck FROM koine_log c \
+                 WHERE c.revision > ? AND c.k >= ?{end}) ch \
+                 JOIN koine_log l ON l.k = ch.ck AND l.revision = \
+                 (SELECT MAX(x.revision) FROM koine_log x WHERE x.k = ch.ck AND x.revision <= ?) \
+                 WHERE l.deleted = 0 ORDER BY l.k"
             )
         };
         let compact_superseded = match dialect {
