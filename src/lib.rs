@@ -177,22 +177,51 @@ pub async fn run(
         grpc.into_axum_router()
             .merge(server::http::routes(shared.clone())),
     );
+    tracing::info!(address = %local, revision = meta.revision, "serving etcd API");
+    serve_routes(
+        routes,
+        server_tls(&config)?,
+        metrics.clone(),
+        listener,
+        shutdown,
+        cancel.clone(),
+    )
+    .await?;
+
+    cancel.cancel();
+    for task in background {
+        let _ = task.await;
+    }
+    drop(shared);
+    drop(store);
+    // The writer stops once every handle is gone; wait for it to drain.
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer_task).await;
+    db.close().await;
+    Ok(())
+}
+
+/// Serves gRPC and the HTTP endpoints on the client port until `shutdown`;
+/// `cancel` fires first so that streams end and the transport can finish
+/// gracefully. Shared by the SQL and passthrough modes.
+pub(crate) async fn serve_routes(
+    routes: tonic::service::Routes,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    metrics: Arc<metrics::Metrics>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let mut builder = tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(7200)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-    if let Some(tls) = server_tls(&config)? {
+    if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
     let router = builder
-        .layer(metrics::GrpcMetricsLayer {
-            metrics: metrics.clone(),
-        })
+        .layer(metrics::GrpcMetricsLayer { metrics })
         .add_routes(routes);
-    tracing::info!(address = %local, revision = meta.revision, "serving etcd API");
-    // Streams (watch, keepalive) end when `cancel` fires, so that the
-    // graceful shutdown of the transport can complete.
     let stop = cancel.clone();
     let shutdown = async move {
         shutdown.await;
@@ -204,16 +233,6 @@ pub async fn run(
             shutdown,
         )
         .await?;
-
-    cancel.cancel();
-    for task in background {
-        let _ = task.await;
-    }
-    drop(shared);
-    drop(store);
-    // The writer stops once every handle is gone; wait for it to drain.
-    let _ = tokio::time::timeout(Duration::from_secs(10), writer_task).await;
-    db.close().await;
     Ok(())
 }
 

@@ -51,7 +51,6 @@ pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -129,31 +128,8 @@ pub async fn serve(
         grpc.into_axum_router()
             .merge(http::routes(up.clone(), metrics.clone())),
     );
-    let mut builder = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(7200)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    let router = builder
-        .layer(crate::metrics::GrpcMetricsLayer { metrics })
-        .add_routes(routes);
     tracing::info!(address = %local, etcd = ?endpoints, "serving etcd API in passthrough mode");
-    // Streams (watch, keepalive) end when `cancel` fires, so that the
-    // graceful shutdown of the transport can complete.
-    let stop = cancel.clone();
-    let shutdown = async move {
-        shutdown.await;
-        stop.cancel();
-    };
-    router
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await?;
+    crate::serve_routes(routes, tls, metrics, listener, shutdown, cancel.clone()).await?;
     cancel.cancel();
     Ok(())
 }
