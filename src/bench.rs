@@ -453,21 +453,7 @@ impl Client {
 
     async fn update(&mut self) -> anyhow::Result<()> {
         let k = self.random_key();
-        let r = self
-            .kv
-            .range(pb::RangeRequest {
-                key: k.clone(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let seen = match r.kvs.first() {
-            Some(kv) => {
-                check(kv)?;
-                kv.mod_revision
-            }
-            None => 0,
-        };
+        let seen = self.read(&k).await?.map_or(0, |kv| kv.mod_revision);
         // Losing a race to another client is normal: that is an op too.
         self.kv
             .txn(pb::TxnRequest {
@@ -481,15 +467,7 @@ impl Client {
 
     async fn delete_if_unchanged(&mut self) -> anyhow::Result<()> {
         let k = self.random_key();
-        let r = self
-            .kv
-            .range(pb::RangeRequest {
-                key: k.clone(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let Some(kv) = r.kvs.first() else {
+        let Some(kv) = self.read(&k).await? else {
             return Ok(());
         };
         self.kv
@@ -511,18 +489,28 @@ impl Client {
 
     async fn get(&mut self) -> anyhow::Result<()> {
         let k = self.random_key();
+        self.read(&k).await?;
+        Ok(())
+    }
+
+    /// Reads one key and checks its value.
+    async fn read(
+        &mut self,
+        key: &Bytes,
+    ) -> anyhow::Result<Option<crate::proto::mvccpb::KeyValue>> {
         let r = self
             .kv
             .range(pb::RangeRequest {
-                key: k,
+                key: key.clone(),
                 ..Default::default()
             })
             .await?
             .into_inner();
-        for kv in &r.kvs {
+        let kv = r.kvs.into_iter().next();
+        if let Some(kv) = &kv {
             check(kv)?;
         }
-        Ok(())
+        Ok(kv)
     }
 
     /// A full paginated list, as the apiserver does: limit 500, the first
