@@ -32,8 +32,14 @@ impl Store {
         self.bounded(async {
             let o = &req.options;
             // Fast path: a current read that needs no separate count is one
-            // statement joining the meta row.
-            if o.revision <= 0 && !o.count_only && !req.range.is_empty() {
+            // statement joining the meta row. Not on MySQL: its plan sorts
+            // the join through a temporary table, which BLOB values push to
+            // disk; a snapshot transaction is faster there.
+            if o.revision <= 0
+                && !o.count_only
+                && !req.range.is_empty()
+                && self.db.dialect != crate::sql::Dialect::MySql
+            {
                 let limit = range::fetch_limit(o);
                 let (meta, kvs) = self.db.range_with_meta(&req.range, limit).await?;
                 if limit.is_none_or(|n| (kvs.len() as i64) < n) {

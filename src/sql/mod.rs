@@ -214,9 +214,10 @@ impl Db {
             }
             Pool::MySql(p) => {
                 let mut conn = p.acquire().await?.detach();
-                let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('koine_leader', 0)")
-                    .fetch_one(&mut conn)
-                    .await?;
+                let got: Option<i64> =
+                    sqlx::query_scalar("SELECT GET_LOCK(CONCAT('koine_leader:', DATABASE()), 0)")
+                        .fetch_one(&mut conn)
+                        .await?;
                 Ok((got == Some(1)).then_some(LeaderSession::MySql(conn)))
             }
         }

@@ -118,12 +118,13 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
     // not transactional, so hold a server-wide named lock around it.
     {
         let mut lock = write.acquire().await?;
-        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('koine_migrate', 300)")
-            .fetch_one(&mut *lock)
-            .await?;
+        let got: Option<i64> =
+            sqlx::query_scalar("SELECT GET_LOCK(CONCAT('koine_migrate:', DATABASE()), 300)")
+                .fetch_one(&mut *lock)
+                .await?;
         anyhow::ensure!(got == Some(1), "could not take the migration lock");
         let migrated = sqlx::migrate!("migrations/mysql").run(&write).await;
-        sqlx::query("SELECT RELEASE_LOCK('koine_migrate')")
+        sqlx::query("SELECT RELEASE_LOCK(CONCAT('koine_migrate:', DATABASE()))")
             .execute(&mut *lock)
             .await?;
         migrated?;

@@ -267,3 +267,33 @@ async fn passwords_stay_out_of_logs() {
     }
     child.kill().await.unwrap();
 }
+
+/// Two independent Koine clusters on one database server (two databases)
+/// each get their own leader: leader locks are scoped to the database.
+async fn separate_databases_separate_leaders(a: String, b: String) {
+    let x = KoineProcess::start(&a, &[]).await;
+    let y = KoineProcess::start(&b, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(x.log_text().contains("became leader") && y.log_text().contains("became leader")) {
+        assert!(Instant::now() < deadline, "both clusters need a leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_databases_separate_leaders_mysql() {
+    separate_databases_separate_leaders(
+        crate::dbs::fresh_mariadb_dsn().await,
+        crate::dbs::fresh_mariadb_dsn().await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_databases_separate_leaders_postgres() {
+    separate_databases_separate_leaders(
+        crate::dbs::fresh_postgres_dsn().await,
+        crate::dbs::fresh_postgres_dsn().await,
+    )
+    .await;
+}
