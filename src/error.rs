@@ -96,13 +96,6 @@ fn unavailable_sqlstate(code: &str) -> bool {
     code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
-impl Error {
-    /// True when a retry on a fresh connection may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable(_))
-    }
-}
-
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         use text::*;

@@ -123,19 +123,6 @@ impl Hub {
         });
     }
 
-    /// Marks `revision` as the newest known without events (another instance
-    /// wrote it and the log reader will supply the events).
-    pub fn advance(&self, revision: Revision) {
-        self.latest.send_if_modified(|cur| {
-            if revision > *cur {
-                *cur = revision;
-                true
-            } else {
-                false
-            }
-        });
-    }
-
     /// Events of revisions after `after`, at most `max` revisions.
     pub fn since(&self, after: Revision, max: usize) -> Since {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());

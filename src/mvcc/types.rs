@@ -76,19 +76,6 @@ impl KeyRange {
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_ref() && self.end.as_ref().is_none_or(|end| key < end.as_ref())
     }
-
-    /// True when both intervals share a key.
-    pub fn overlaps(&self, other: &KeyRange) -> bool {
-        let a_before_b = self
-            .end
-            .as_ref()
-            .is_some_and(|end| end.as_ref() <= other.start.as_ref());
-        let b_before_a = other
-            .end
-            .as_ref()
-            .is_some_and(|end| end.as_ref() <= self.start.as_ref());
-        !self.is_empty() && !other.is_empty() && !a_before_b && !b_before_a
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

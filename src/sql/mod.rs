@@ -171,22 +171,17 @@ impl Db {
         let rows = self.read.fetch(self.queries.get(q), &args, &COLS).await?;
         let mut meta = None;
         let mut kvs = Vec::with_capacity(rows.len() / COLS.len());
-        for row in rows.chunks_exact(COLS.len()) {
+        let mut it = rows.into_iter();
+        while let (Some(rev), Some(compact)) = (it.next(), it.next()) {
             meta.get_or_insert(Meta {
-                revision: row[0].i64(),
-                compact_revision: row[1].i64(),
+                revision: rev.i64(),
+                compact_revision: compact.i64(),
             });
-            if row[2].is_null() {
-                continue;
+            // No live key in the range: the LEFT JOIN's NULL row.
+            match next_kv(&mut it)? {
+                Some(kv) if kv.create_revision > 0 => kvs.push(kv),
+                _ => {}
             }
-            kvs.push(KeyValue {
-                key: row[2].clone().bytes(),
-                create_revision: row[3].i64(),
-                mod_revision: row[4].i64(),
-                version: row[5].i64(),
-                lease: row[6].i64(),
-                value: row[7].clone().bytes(),
-            });
         }
         let meta = meta.ok_or_else(|| Error::Internal("koine_meta row missing".into()))?;
         Ok((meta, kvs))
@@ -274,19 +269,31 @@ const KV_COLS: [Col; 6] = [
     Col::Bytes,
 ];
 
+/// Takes one key-value (six columns in `KV_COLS` order) off `vals`,
+/// moving the bytes out; `None` when `vals` is exhausted.
+fn next_kv(vals: &mut impl Iterator<Item = Val>) -> Result<Option<KeyValue>> {
+    let Some(key) = vals.next() else {
+        return Ok(None);
+    };
+    let mut next = || {
+        vals.next()
+            .ok_or_else(|| Error::Internal("short row".into()))
+    };
+    Ok(Some(KeyValue {
+        key: key.bytes(),
+        create_revision: next()?.i64(),
+        mod_revision: next()?.i64(),
+        version: next()?.i64(),
+        lease: next()?.i64(),
+        value: next()?.bytes(),
+    }))
+}
+
 fn kvs_from(vals: Vec<Val>) -> Result<Vec<KeyValue>> {
     let mut out = Vec::with_capacity(vals.len() / KV_COLS.len());
     let mut it = vals.into_iter();
-    while let Some(key) = it.next() {
-        let mut next = || it.next().ok_or_else(|| Error::Internal("short row".into()));
-        out.push(KeyValue {
-            key: key.bytes(),
-            create_revision: next()?.i64(),
-            mod_revision: next()?.i64(),
-            version: next()?.i64(),
-            lease: next()?.i64(),
-            value: next()?.bytes(),
-        });
+    while let Some(kv) = next_kv(&mut it)? {
+        out.push(kv);
     }
     Ok(out)
 }
@@ -492,22 +499,6 @@ impl DbTx {
         Ok(unchanged + self.changed_at(range, revision).await?.len() as i64)
     }
 
-    pub async fn upsert(&mut self, kv: &KeyValue) -> Result<()> {
-        self.exec(
-            Q::KvUpsert,
-            &[
-                Arg::Bytes(&kv.key),
-                Arg::I64(kv.create_revision),
-                Arg::I64(kv.mod_revision),
-                Arg::I64(kv.version),
-                Arg::I64(kv.lease),
-                Arg::Bytes(&kv.value),
-            ],
-        )
-        .await?;
-        Ok(())
-    }
-
     /// Writes many current-state rows in as few statements as the size
     /// limits allow (keys must be distinct).
     pub async fn upsert_many(&mut self, kvs: &[&KeyValue]) -> Result<()> {
@@ -536,11 +527,6 @@ impl DbTx {
             let sql = self.q.many(Many::KvDelete, chunk.len());
             self.inner.exec(&sql, &args).await?;
         }
-        Ok(())
-    }
-
-    pub async fn delete_key(&mut self, key: &[u8]) -> Result<()> {
-        self.exec(Q::KvDelete, &[Arg::Bytes(key)]).await?;
         Ok(())
     }
 

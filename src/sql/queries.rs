@@ -31,8 +31,6 @@ pub enum Q {
     KvUnchangedCountOpen,
     LogChangedAt,
     LogChangedAtOpen,
-    KvUpsert,
-    KvDelete,
     KvByLease,
     LogChanges,
     LogCompactSuperseded,
@@ -77,20 +75,6 @@ impl Queries {
         let for_update = match dialect {
             Dialect::Sqlite => "",
             _ => " FOR UPDATE",
-        };
-        let upsert = match dialect {
-            Dialect::MySql => format!(
-                "INSERT INTO koine_kv ({KV_FIELDS}) VALUES (?, ?, ?, ?, ?, ?) \
-                 ON DUPLICATE KEY UPDATE create_revision = VALUES(create_revision), \
-                 mod_revision = VALUES(mod_revision), version = VALUES(version), \
-                 lease = VALUES(lease), value = VALUES(value)"
-            ),
-            _ => format!(
-                "INSERT INTO koine_kv ({KV_FIELDS}) VALUES (?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (k) DO UPDATE SET create_revision = excluded.create_revision, \
-                 mod_revision = excluded.mod_revision, version = excluded.version, \
-                 lease = excluded.lease, value = excluded.value"
-            ),
         };
         // A read at revision R (see `DbTx::range_at`): keys not changed
         // since R come from the current-state table...
@@ -215,8 +199,6 @@ impl Queries {
             (Q::KvUnchangedCountOpen, unchanged(false, true)),
             (Q::LogChangedAt, changed(true)),
             (Q::LogChangedAtOpen, changed(false)),
-            (Q::KvUpsert, upsert),
-            (Q::KvDelete, "DELETE FROM koine_kv WHERE k = ?".into()),
             (
                 Q::KvByLease,
                 format!("SELECT {KV_FIELDS} FROM koine_kv WHERE lease = ? ORDER BY k"),
