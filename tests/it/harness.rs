@@ -133,6 +133,16 @@ macro_rules! on_every_target {
     };
 }
 
+/// The next response of a watch stream, failing the test after 20 s or if
+/// the stream errs or ends.
+pub async fn next_watch_response(w: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
+    tokio::time::timeout(Duration::from_secs(20), w.message())
+        .await
+        .expect("watch response in time")
+        .expect("watch stream ok")
+        .expect("watch stream open")
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -20,6 +20,7 @@ use etcd_client::{
 use tonic::Code;
 
 use crate::harness::Server;
+use crate::harness::next_watch_response as next;
 use crate::on_every_target;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -252,14 +253,6 @@ fn keys(kvs: &[KeyValue]) -> Vec<String> {
     kvs.iter()
         .map(|kv| kv.key_str().unwrap().to_string())
         .collect()
-}
-
-async fn next(w: &mut WatchStream) -> WatchResponse {
-    tokio::time::timeout(WAIT, w.message())
-        .await
-        .expect("watch response in time")
-        .expect("watch stream ok")
-        .expect("watch stream open")
 }
 
 /// One watch event, flattened: type, key, value, create / mod revision,

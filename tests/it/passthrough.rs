@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, LeaseGrantOptions, LeaseKeepAliveStream,
-    PutOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
+    PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 use tonic::Code;
 
+use crate::harness::next_watch_response as next;
 use crate::harness::{Etcd, Koine, etcd_binary, etcdctl, free_port};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -193,14 +194,6 @@ impl EtcdCluster {
 
 async fn connect(endpoint: &str) -> Client {
     Client::connect([endpoint], None).await.expect("connect")
-}
-
-async fn next(w: &mut WatchStream) -> WatchResponse {
-    tokio::time::timeout(WAIT, w.message())
-        .await
-        .expect("watch response in time")
-        .expect("watch stream ok")
-        .expect("watch stream open")
 }
 
 async fn next_keepalive(s: &mut LeaseKeepAliveStream) -> etcd_client::LeaseKeepAliveResponse {

@@ -1,23 +1,10 @@
 //! Watch behaviour through the etcd-client crate.
 
-use std::time::Duration;
+use etcd_client::{EventType, GetOptions, WatchFilterType, WatchOptions, WatchStream};
 
-use etcd_client::{
-    EventType, GetOptions, WatchFilterType, WatchOptions, WatchResponse, WatchStream,
-};
-
+use crate::harness::next_watch_response as next;
 use crate::harness::{Koine, Server};
 use crate::on_every_target;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-async fn next(w: &mut WatchStream) -> WatchResponse {
-    tokio::time::timeout(WAIT, w.message())
-        .await
-        .expect("watch response in time")
-        .expect("watch stream ok")
-        .expect("watch stream open")
-}
 
 /// Collects events until `n` have arrived: (type, key, mod_revision, value,
 /// prev value).
