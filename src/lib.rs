@@ -62,7 +62,12 @@ pub async fn run(
         tx.commit().await?;
         (meta, cluster_id)
     };
-    let hub = Arc::new(Hub::new(meta.revision, HUB_BYTES, HUB_REVISIONS));
+    let hub = Arc::new(Hub::new(
+        meta.revision,
+        meta.compact_revision,
+        HUB_BYTES,
+        HUB_REVISIONS,
+    ));
     let feed = Arc::new(Feed::new(hub.clone(), db.clone()));
     let metrics = metrics::Metrics::new();
     let (writer, writer_task) = Writer::spawn(

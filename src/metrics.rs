@@ -167,7 +167,9 @@ pub fn go_code_name(code: Code) -> &'static str {
 fn grpc_type(path: &str) -> &'static str {
     match path {
         "/etcdserverpb.Watch/Watch" | "/etcdserverpb.Lease/LeaseKeepAlive" => "bidi_stream",
-        "/etcdserverpb.Maintenance/Snapshot" | "/grpc.health.v1.Health/Watch" => "server_stream",
+        "/etcdserverpb.Maintenance/Snapshot"
+        | "/etcdserverpb.KV/RangeStream"
+        | "/grpc.health.v1.Health/Watch" => "server_stream",
         _ => "unary",
     }
 }

@@ -45,6 +45,10 @@ struct Ring {
 pub struct Hub {
     ring: Mutex<Ring>,
     latest: watch::Sender<Revision>,
+    /// The newest compact revision this instance knows of. Events at or
+    /// below it lose their `prev_kv`: etcd reads the previous version at
+    /// `revision - 1`, which compaction has made unreadable.
+    compact: std::sync::atomic::AtomicI64,
     max_bytes: usize,
     max_revisions: usize,
 }
@@ -60,7 +64,12 @@ pub enum Since {
 impl Hub {
     /// A hub whose history starts after `revision` (the store's revision at
     /// startup).
-    pub fn new(revision: Revision, max_bytes: usize, max_revisions: usize) -> Hub {
+    pub fn new(
+        revision: Revision,
+        compact: Revision,
+        max_bytes: usize,
+        max_revisions: usize,
+    ) -> Hub {
         Hub {
             ring: Mutex::new(Ring {
                 entries: VecDeque::new(),
@@ -68,6 +77,7 @@ impl Hub {
                 bytes: 0,
             }),
             latest: watch::Sender::new(revision),
+            compact: compact.into(),
             max_bytes,
             max_revisions,
         }
@@ -75,6 +85,16 @@ impl Hub {
 
     pub fn latest(&self) -> Revision {
         *self.latest.borrow()
+    }
+
+    pub fn compact_revision(&self) -> Revision {
+        self.compact.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records a compaction (never moves backwards).
+    pub fn compacted(&self, revision: Revision) {
+        self.compact
+            .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Revision> {

@@ -139,13 +139,15 @@ pub async fn tail_loop(feed: Arc<Feed>, db: Db, poll: Duration, cancel: Cancella
                 }
             }
         }
-        match db.latest_revision().await {
-            Ok(rev) if rev > feed.hub.latest() => {
-                if let Err(e) = feed.catch_up(rev).await {
+        match db.meta().await {
+            Ok(meta) => {
+                feed.hub.compacted(meta.compact_revision);
+                if meta.revision > feed.hub.latest()
+                    && let Err(e) = feed.catch_up(meta.revision).await
+                {
                     tracing::warn!(error = %e, "following other instances failed");
                 }
             }
-            Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "revision poll failed"),
         }
     }

@@ -124,6 +124,7 @@ impl WriterTask {
                     .txn_seconds
                     .observe(began.elapsed().as_secs_f64());
                 self.metrics.batch_size.observe(reqs.len() as f64);
+                self.feed.hub.compacted(state.compact);
                 self.feed.publish_local(state.events).await;
                 Ok(replies)
             }

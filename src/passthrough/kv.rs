@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::relay::ClientStream;
 use super::upstream::{Retry, Upstream};
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::kv_server::Kv;
@@ -34,59 +35,39 @@ fn read_only(t: &pb::TxnRequest) -> bool {
         })
 }
 
-#[tonic::async_trait]
-impl Kv for KvProxy {
-    async fn range(
-        &self,
-        req: Request<pb::RangeRequest>,
-    ) -> Result<Response<pb::RangeResponse>, Status> {
-        self.up
-            .unary(req, Retry::Always, |ch, r| async move {
-                client(ch).range(r).await
-            })
-            .await
-    }
+relay_impl! {
+    Kv, KvProxy, client;
+    {
+        async fn txn(
+            &self,
+            req: Request<pb::TxnRequest>,
+        ) -> Result<Response<pb::TxnResponse>, Status> {
+            let retry = if read_only(req.get_ref()) {
+                Retry::Always
+            } else {
+                Retry::IfUnsent
+            };
+            self.up
+                .unary(req, retry, |ch, r| async move { client(ch).txn(r).await })
+                .await
+        }
 
-    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        self.up
-            .unary(req, Retry::IfUnsent, |ch, r| async move {
-                client(ch).put(r).await
-            })
-            .await
-    }
+        type RangeStreamStream = ClientStream<pb::RangeStreamResponse>;
 
-    async fn delete_range(
-        &self,
-        req: Request<pb::DeleteRangeRequest>,
-    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        self.up
-            .unary(req, Retry::IfUnsent, |ch, r| async move {
-                client(ch).delete_range(r).await
-            })
-            .await
+        /// Streamed from one endpoint (see `Upstream::server_stream`).
+        async fn range_stream(
+            &self,
+            req: Request<pb::RangeRequest>,
+        ) -> Result<Response<Self::RangeStreamStream>, Status> {
+            self.up
+                .server_stream(req, |ch, r| async move { client(ch).range_stream(r).await })
+                .await
+        }
     }
-
-    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let retry = if read_only(req.get_ref()) {
-            Retry::Always
-        } else {
-            Retry::IfUnsent
-        };
-        self.up
-            .unary(req, retry, |ch, r| async move { client(ch).txn(r).await })
-            .await
-    }
-
-    async fn compact(
-        &self,
-        req: Request<pb::CompactionRequest>,
-    ) -> Result<Response<pb::CompactionResponse>, Status> {
-        self.up
-            .unary(req, Retry::IfUnsent, |ch, r| async move {
-                client(ch).compact(r).await
-            })
-            .await
-    }
+    range(pb::RangeRequest) -> pb::RangeResponse, Retry::Always;
+    put(pb::PutRequest) -> pb::PutResponse, Retry::IfUnsent;
+    delete_range(pb::DeleteRangeRequest) -> pb::DeleteRangeResponse, Retry::IfUnsent;
+    compact(pb::CompactionRequest) -> pb::CompactionResponse, Retry::IfUnsent;
 }
 
 #[cfg(test)]

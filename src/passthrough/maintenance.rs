@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::relay::ClientStream;
-use super::upstream::{self, Origin, Retry, Upstream};
+use super::upstream::{Retry, Upstream};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
@@ -42,26 +41,14 @@ relay_impl! {
 
         type SnapshotStream = ClientStream<pb::SnapshotResponse>;
 
-        /// Streamed from one endpoint; a broken connection ends it with
-        /// `Unavailable` (a snapshot cannot be continued elsewhere).
+        /// Streamed from one endpoint (see `Upstream::server_stream`).
         async fn snapshot(
             &self,
             req: Request<pb::SnapshotRequest>,
         ) -> Result<Response<Self::SnapshotStream>, Status> {
-            let stream = self
-                .up
-                .unary(req, Retry::Always, |ch, r| async move {
-                    maintenance(ch).snapshot(r).await
-                })
-                .await?
-                .into_inner()
-                .map(|msg| {
-                    msg.map_err(|st| match upstream::classify(&st) {
-                        Origin::Etcd => upstream::etcd_status(st),
-                        _ => upstream::lost(&st),
-                    })
-                });
-            Ok(Response::new(Box::pin(stream)))
+            self.up
+                .server_stream(req, |ch, r| async move { maintenance(ch).snapshot(r).await })
+                .await
         }
     }
     status(pb::StatusRequest) -> pb::StatusResponse, Retry::Always;

@@ -263,6 +263,32 @@ impl Upstream {
         }
         Err(unreachable(last.as_ref()))
     }
+
+    /// Opens a server-streaming call as `unary` does (always retried: only
+    /// reads stream); once messages flow, a broken connection ends the
+    /// stream with `Unavailable`, since a partial answer cannot be
+    /// continued on another endpoint.
+    pub async fn server_stream<Q, R, F, Fut>(
+        &self,
+        req: Request<Q>,
+        call: F,
+    ) -> Result<Response<super::relay::ClientStream<R>>, Status>
+    where
+        Q: Clone,
+        R: Send + 'static,
+        F: Fn(Channel, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<tonic::Streaming<R>>, Status>>,
+    {
+        use futures::StreamExt;
+        let stream = self.unary(req, Retry::Always, call).await?.into_inner();
+        let stream = stream.map(|msg| {
+            msg.map_err(|st| match classify(&st) {
+                Origin::Etcd => etcd_status(st),
+                _ => lost(&st),
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
 }
 
 /// Whether a stream failure is worth resuming on another endpoint: the

@@ -139,8 +139,8 @@ async fn metrics(State(s): State<SharedRef>) -> Response {
     let _ = database_check(&s).await;
     let published = s.store.hub.latest();
     s.metrics.revision.set(published);
-    if let Ok(committed) = s.store.db.latest_revision().await {
-        s.metrics.watch_lag.set((committed - published).max(0));
+    if let Ok(meta) = s.store.db.meta().await {
+        s.metrics.watch_lag.set((meta.revision - published).max(0));
     }
     (
         StatusCode::OK,

@@ -1,8 +1,14 @@
-//! KV service: Range, Put, DeleteRange, Txn, Compact.
+//! KV service: Range, RangeStream, Put, DeleteRange, Txn, Compact.
 
+use std::pin::Pin;
+
+use futures::Stream;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::mvcc::types::{WriteRequest, WriteResult};
+use crate::mvcc::types::{self as t, SortOrder, SortTarget, WriteRequest, WriteResult};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::server::{SharedRef, convert};
@@ -15,8 +21,137 @@ fn unexpected(r: WriteResult) -> Status {
     Status::internal(format!("koine: unexpected write result {r:?}"))
 }
 
+type RangeChunks = Pin<Box<dyn Stream<Item = Result<pb::RangeStreamResponse, Status>> + Send>>;
+
+/// Keys in RangeStream's first chunk; later chunks double or halve to stay
+/// near the request size limit (etcd's `initialStreamChunkLimit` and
+/// `adjustChunkLimit`).
+const FIRST_CHUNK: i64 = 10;
+
 #[tonic::async_trait]
 impl Kv for KvService {
+    type RangeStreamStream = RangeChunks;
+
+    /// etcd 3.7's chunked Range: every chunk is read at the revision of the
+    /// first (pinned when the request names none), carries a disjoint slice
+    /// of the keys, and only the last carries the header, `more` and
+    /// `count`. An error on the first chunk is the call's error.
+    async fn range_stream(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<RangeChunks>, Status> {
+        let s = self.shared.clone();
+        let req = req.into_inner();
+        s.limits.check_size(&req)?;
+        let mut req = convert::range(req)?;
+        let o = &req.options;
+        // etcd's IsDefaultOrdering.
+        if !(o.sort_order == SortOrder::None
+            || (o.sort_target == SortTarget::Key && o.sort_order == SortOrder::Ascend))
+        {
+            return Err(Status::unimplemented(
+                "RangeStream does not support custom sort orders",
+            ));
+        }
+        if o.has_filters() {
+            return Err(Status::unimplemented(
+                "RangeStream does not support revision filters",
+            ));
+        }
+        if req.options.count_only {
+            let (result, rev) = s.store.range(&req).await?;
+            let chunk = pb::RangeStreamResponse {
+                range_response: Some(pb::RangeResponse {
+                    header: s.header(rev),
+                    count: result.count,
+                    ..Default::default()
+                }),
+            };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(chunk)]))));
+        }
+        let total = if req.options.limit > 0 {
+            req.options.limit
+        } else {
+            i64::MAX
+        };
+        req.options.limit = FIRST_CHUNK.min(total);
+        let (first, header_rev) = s.store.range(&req).await?;
+        if req.options.revision <= 0 {
+            req.options.revision = header_rev;
+        }
+        let (out, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut result = first;
+            let mut sent = 0i64;
+            loop {
+                sent += result.kvs.len() as i64;
+                let next_key = match (result.more, result.kvs.last()) {
+                    (true, Some(last)) => {
+                        let mut k = last.key.to_vec();
+                        k.push(0);
+                        Some(bytes::Bytes::from(k))
+                    }
+                    _ => None,
+                };
+                let done = next_key.is_none() || sent == total;
+                let mut chunk = pb::RangeResponse {
+                    kvs: result.kvs.into_iter().map(convert::kv).collect(),
+                    ..Default::default()
+                };
+                let size = chunk.encoded_len();
+                if done {
+                    let mut count = sent;
+                    if let Some(from) = &next_key {
+                        let rest = t::RangeRequest {
+                            range: t::KeyRange {
+                                start: from.clone(),
+                                end: req.range.end.clone(),
+                            },
+                            options: t::RangeOptions {
+                                revision: req.options.revision,
+                                count_only: true,
+                                ..Default::default()
+                            },
+                        };
+                        match s.store.range(&rest).await {
+                            Ok((r, _)) => count += r.count,
+                            Err(e) => {
+                                let _ = out.send(Err(e.into())).await;
+                                return;
+                            }
+                        }
+                    }
+                    chunk.header = s.header(header_rev);
+                    chunk.more = result.more;
+                    chunk.count = count;
+                }
+                let msg = pb::RangeStreamResponse {
+                    range_response: Some(chunk),
+                };
+                if out.send(Ok(msg)).await.is_err() || done {
+                    return;
+                }
+                let target = s.limits.max_request_bytes;
+                let mut limit = req.options.limit;
+                if size < target / 2 {
+                    limit = limit.saturating_mul(2);
+                } else if size > target.saturating_mul(2) {
+                    limit /= 2;
+                }
+                req.options.limit = limit.max(1).min(total - sent);
+                req.range.start = next_key.unwrap_or_default();
+                result = match s.store.range(&req).await {
+                    Ok((r, _)) => r,
+                    Err(e) => {
+                        let _ = out.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn range(
         &self,
         req: Request<pb::RangeRequest>,

@@ -340,6 +340,7 @@ impl WatchStream {
         let Some(w) = self.watchers.get_mut(&id) else {
             return Ok(());
         };
+        let compact = self.shared.store.hub.compact_revision();
         let mut events = Vec::new();
         for rev in revisions {
             if rev.revision <= w.cursor {
@@ -358,7 +359,9 @@ impl WatchStream {
                         EventKind::Delete => mvccpb::event::EventType::Delete as i32,
                     },
                     kv: Some(convert::kv(ev.kv.clone())),
-                    prev_kv: if w.prev_kv {
+                    // etcd reads prev_kv at `revision - 1`; below the
+                    // compact revision that read fails and it sends none.
+                    prev_kv: if w.prev_kv && rev.revision > compact {
                         ev.prev_kv.clone().map(convert::kv)
                     } else {
                         None

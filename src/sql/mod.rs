@@ -187,12 +187,12 @@ impl Db {
         Ok((meta, kvs))
     }
 
-    /// The newest committed revision (no snapshot needed).
-    pub async fn latest_revision(&self) -> Result<Revision> {
+    /// The newest committed revision and the compact revision.
+    pub async fn meta(&self) -> Result<Meta> {
         let mut tx = self.begin_read().await?;
         let meta = tx.read_meta().await?;
         tx.commit().await?;
-        Ok(meta.revision)
+        Ok(meta)
     }
 
     /// Tries to become the leader (the one instance that expires leases
