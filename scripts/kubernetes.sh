@@ -189,7 +189,14 @@ case $cmd in
         koine_bin
         backends=("$@")
         [ ${#backends[@]} -gt 0 ] || backends=("${ALL_BACKENDS[@]}")
-        [ -d "$OUT/storage/koine" ] || build_storage
+        # Build the variants these backends need (go's cache makes a
+        # rebuild of an unchanged variant quick).
+        variants=()
+        for b in "${backends[@]}"; do
+            case $b in etcd) v=etcd ;; kine-*) v=kine ;; *) v=koine ;; esac
+            [[ " ${variants[*]} " == *" $v "* ]] || variants+=("$v")
+        done
+        build_storage "${variants[@]}"
         for b in "${backends[@]}"; do run_storage "$b" || true; done
         summarize "${backends[@]}"
         ;;

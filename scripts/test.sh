@@ -4,6 +4,19 @@
 # against), protobuf-compiler (the etcd-client crate's build needs protoc),
 # and the PostgreSQL and MariaDB server binaries (the tests start throwaway
 # servers of their own in temp dirs; no running service is needed).
+#
+# Then: formatting and lints (Rust and Go), the Rust unit and integration
+# tests, and Kubernetes as the judge (scripts/kubernetes.sh, built from the
+# Go module proxy at the versions conformance/go.mod pins):
+#   - k8s.io/apiserver's storage test suite on real etcd (the baseline) and
+#     on Koine with SQLite, PostgreSQL and MariaDB: every test that passes on
+#     etcd must pass on Koine;
+#   - a real kube-apiserver and kube-controller-manager on Koine (SQLite),
+#     driven by kubectl and client-go.
+#
+#   ./scripts/test.sh              everything
+#   KOINE_TEST_KUBERNETES=0 ./scripts/test.sh    the Rust suite only
+#   ./scripts/test.sh -- NAME      extra arguments go to `cargo test`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +35,17 @@ if [ ${#need[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
+[ "${1:-}" = "--" ] && shift
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+if [ "${KOINE_TEST_KUBERNETES:-1}" != 0 ]; then
+    command -v go >/dev/null || { echo "Go (1.26+) is needed for the Kubernetes tests" >&2; exit 1; }
+    unformatted=$(gofmt -l conformance)
+    [ -z "$unformatted" ] || { echo "gofmt: $unformatted" >&2; exit 1; }
+fi
 cargo test --all-targets "$@"
+if [ "${KOINE_TEST_KUBERNETES:-1}" != 0 ]; then
+    ./scripts/kubernetes.sh storage etcd sqlite postgres mysql
+    ./scripts/kubernetes.sh e2e --backend sqlite
+fi

@@ -16,10 +16,12 @@ package testserver
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -137,11 +139,6 @@ func RunEtcd(t testing.TB, cfg *embed.Config) *kubernetes.Client {
 			t.Logf("dropping the test database: %v", err)
 		}
 	})
-	if err := waitReady(listen.Host, exited); err != nil {
-		text, _ := os.ReadFile(logPath)
-		t.Fatalf("koine did not start: %v\n%s", err, tail(text, 4000))
-	}
-
 	scheme := "http"
 	if !tlsInfo.Empty() {
 		scheme = "https"
@@ -149,6 +146,10 @@ func RunEtcd(t testing.TB, cfg *embed.Config) *kubernetes.Client {
 	tlsConfig, err := tlsInfo.ClientConfig()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if err := waitReady(scheme+"://"+listen.Host, tlsConfig, exited); err != nil {
+		text, _ := os.ReadFile(logPath)
+		t.Fatalf("koine did not start: %v\n%s", err, tail(text, 4000))
 	}
 	client, err := kubernetes.New(clientv3.Config{
 		TLS:         tlsConfig,
@@ -165,23 +166,35 @@ func RunEtcd(t testing.TB, cfg *embed.Config) *kubernetes.Client {
 	return client
 }
 
-// waitReady waits until Koine accepts connections on hostport.
-func waitReady(hostport string, exited <-chan error) error {
+// waitReady waits until Koine's /readyz answers 200: its port accepts
+// connections before the database is connected and migrated, so an open
+// port alone does not mean it serves.
+func waitReady(base string, tlsConfig *tls.Config, exited <-chan error) error {
+	client := &http.Client{
+		Timeout:   2 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: tlsConfig},
+	}
+	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(60 * time.Second)
+	last := fmt.Errorf("no answer")
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-exited:
 			return fmt.Errorf("exited during startup: %v", err)
 		default:
 		}
-		c, err := net.DialTimeout("tcp", hostport, time.Second)
+		resp, err := client.Get(base + "/readyz")
 		if err == nil {
-			c.Close()
-			return nil
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("/readyz: %s", resp.Status)
 		}
+		last = err
 		time.Sleep(20 * time.Millisecond)
 	}
-	return fmt.Errorf("not listening on %s after 60s", hostport)
+	return fmt.Errorf("not ready at %s after 60s: %v", base, last)
 }
 
 // freshDatabase returns the DSN for a new, empty database named after dir,
