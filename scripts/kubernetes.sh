@@ -3,9 +3,9 @@
 #
 #   scripts/kubernetes.sh build                 build the Go side: storage test
 #                                               binaries (etcd, Koine, kine
-#                                               variants), etcd, kine,
-#                                               kube-apiserver, kube-controller-
-#                                               manager, kubectl, the workload
+#                                               variants), etcd, kube-apiserver,
+#                                               kube-controller-manager, kubectl
+#                                               and the e2e driver
 #   scripts/kubernetes.sh storage [BACKEND...]  run k8s.io/apiserver's storage
 #                                               tests (pkg/storage/etcd3/... and
 #                                               pkg/storage/cacher/...) on each
@@ -14,15 +14,20 @@
 #                                               baseline), kine-sqlite,
 #                                               kine-postgres, kine-mysql;
 #                                               default: all of them
-#   scripts/kubernetes.sh e2e --backend B       a real control plane on backend
+#   scripts/kubernetes.sh e2e --backend B [--instances 3] [-checks a,b]
+#                                               a real control plane on backend
 #                                               B (sqlite|postgres|mysql|etcd),
-#                                               driven by kubectl and client-go
+#                                               driven by kubectl and client-go;
+#                                               --instances 3 puts three Koine
+#                                               on one database (postgres,
+#                                               mysql) behind one apiserver
 #
 # Versions are pinned in conformance/go.mod (k8s.io/apiserver v0.37.2,
 # k8s.io/kubernetes v1.37.2, kine v0.17.5, etcd v3.7.3); everything is built
 # from the Go module proxy into target/conformance/. Storage results go to
 # target/conformance/results/<backend>.json (go test -json) and a summary
-# table to target/conformance/results/summary.md.
+# table to target/conformance/results/summary.md; control-plane results to
+# target/conformance/results/e2e-<backend>.json.
 #
 # Environment: KOINE_BIN (default target/debug/koine, built if missing),
 # STORAGE_RUN (a -test.run regexp), STORAGE_TIMEOUT (default 30m per binary).
@@ -127,10 +132,9 @@ build_storage() {
 
 build_bins() {
     mkdir -p "$OUT/bin"
-    log "building etcd, kine, kube-apiserver, kube-controller-manager, kubectl, workload"
+    log "building etcd, kube-apiserver, kube-controller-manager, kubectl, e2e"
     (cd "$MOD" && go build -o "$OUT/bin/" \
-        ./cmd/etcd ./cmd/workload \
-        github.com/k3s-io/kine \
+        ./cmd/etcd ./cmd/e2e \
         k8s.io/kubernetes/cmd/kube-apiserver \
         k8s.io/kubernetes/cmd/kube-controller-manager \
         k8s.io/kubernetes/cmd/kubectl)
@@ -171,6 +175,33 @@ run_storage() {
     return $rc
 }
 
+# run_e2e --backend B [--instances N] [e2e flags...]: a real control plane
+# on B (conformance/cmd/e2e does the work; for postgres and mysql a
+# throwaway server is started here). Report: $OUT/results/e2e-B.json.
+run_e2e() {
+    local backend="" instances=1 dsn="" rest=()
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --backend) backend=$2; shift 2 ;;
+            --instances) instances=$2; shift 2 ;;
+            *) rest+=("$1"); shift ;;
+        esac
+    done
+    case $backend in
+        sqlite | etcd) ;;
+        postgres) pg_start dsn ;;
+        mysql) maria_start dsn ;;
+        *) echo "e2e: --backend sqlite|postgres|mysql|etcd" >&2; return 2 ;;
+    esac
+    mkdir -p "$OUT/results"
+    local suffix=$backend
+    [ "$instances" -gt 1 ] && suffix=$backend-x$instances
+    log "control plane on $backend ($instances instance(s))"
+    "$OUT/bin/e2e" -backend "$backend" ${dsn:+-dsn "$dsn"} -instances "$instances" \
+        -koine-bin "$KOINE_BIN" -bin-dir "$OUT/bin" \
+        -report "$OUT/results/e2e-$suffix.json" "${rest[@]}"
+}
+
 summarize() {
     python3 "$ROOT/scripts/lib/gotest_summary.py" "$OUT/results" "$@"
 }
@@ -202,7 +233,8 @@ case $cmd in
         ;;
     e2e)
         koine_bin
-        exec "$ROOT/scripts/lib/e2e.sh" "$@"
+        build_bins
+        run_e2e "$@"
         ;;
     *)
         sed -n '2,/^set -euo/p' "$0" | sed '$d;s/^# \{0,1\}//'

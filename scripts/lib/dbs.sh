@@ -44,6 +44,7 @@ pg_start() {
         -c fsync=off -c full_page_writes=off -c max_connections=500 \
         >"$dir/server.log" 2>&1 </dev/null &
     DBS_PIDS+=($!)
+    disown $! # killed by dbs_stop_all, never waited for: no job noise
     for _ in $(seq 300); do
         "$bin/pg_isready" -h 127.0.0.1 -p "$port" -q && break
         sleep 0.1
@@ -77,6 +78,7 @@ SQL
         --max-allowed-packet=64M --character-set-server=utf8mb4 \
         --collation-server=utf8mb4_general_ci >"$dir/server.log" 2>&1 </dev/null &
     DBS_PIDS+=($!)
+    disown $! # killed by dbs_stop_all, never waited for: no job noise
     for _ in $(seq 600); do
         python3 - "$port" <<'PY' 2>/dev/null && break
 import socket, sys

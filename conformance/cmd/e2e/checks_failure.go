@@ -39,7 +39,11 @@ func failover(ctx context.Context, e *env, r *result, victimIdx int, restart boo
 	if !victim.alive() {
 		return fmt.Errorf("%s is not running before the check", victim.name)
 	}
-	ns, err := e.newNamespace(ctx, map[bool]string{true: "e2e-kill", false: "e2e-ha"}[restart])
+	prefix, event := "e2e-ha", "kill"
+	if restart {
+		prefix, event = "e2e-kill", "restart"
+	}
+	ns, err := e.newNamespace(ctx, prefix)
 	if err != nil {
 		return err
 	}
@@ -55,9 +59,9 @@ func failover(ctx context.Context, e *env, r *result, victimIdx int, restart boo
 	wr := startWriter(ctx, e, ns, 4, 10)
 	defer wr.stop()
 
-	if err := poll(ctx, 100*time.Millisecond, time.Minute, "100 acknowledged writes before the kill", func(context.Context) (bool, error) {
+	if err := poll(ctx, 100*time.Millisecond, time.Minute, "200 acknowledged writes before the kill", func(context.Context) (bool, error) {
 		n := wr.count()
-		return n >= 100, fmt.Errorf("%d acknowledged (errors: %s)", n, wr.errSummary())
+		return n >= 200, fmt.Errorf("%d acknowledged (errors: %s)", n, wr.errSummary())
 	}); err != nil {
 		return err
 	}
@@ -84,7 +88,7 @@ func failover(ctx context.Context, e *env, r *result, victimIdx int, restart boo
 	// The apiserver must recover on its own: a write started after the
 	// storage came back (or, with HA, after the kill) is acknowledged.
 	var recovered time.Time
-	if err := poll(ctx, 100*time.Millisecond, time.Minute, "an acknowledged write after the "+map[bool]string{true: "restart", false: "kill"}[restart], func(context.Context) (bool, error) {
+	if err := poll(ctx, 100*time.Millisecond, time.Minute, "an acknowledged write after the "+event, func(context.Context) (bool, error) {
 		if !e.apiserver.alive() {
 			return false, permanent(fmt.Errorf("kube-apiserver exited: %v", e.apiserver.exitErr()))
 		}
@@ -100,7 +104,7 @@ func failover(ctx context.Context, e *env, r *result, victimIdx int, restart boo
 	if !restart && recovered.Sub(back) > 30*time.Second {
 		return fmt.Errorf("writes resumed only %s after the kill; the other instances should have taken them at once", recovered.Sub(back).Round(time.Second))
 	}
-	if err := poll(ctx, 500*time.Millisecond, time.Minute, "kube-apiserver /readyz after the "+map[bool]string{true: "restart", false: "kill"}[restart], func(ctx context.Context) (bool, error) {
+	if err := poll(ctx, 500*time.Millisecond, time.Minute, "kube-apiserver /readyz after the "+event, func(ctx context.Context) (bool, error) {
 		body, err := e.kube.Discovery().RESTClient().Get().AbsPath("/readyz").Param("verbose", "").DoRaw(ctx)
 		if err != nil {
 			return false, fmt.Errorf("%v: %s", err, body)
@@ -111,8 +115,8 @@ func failover(ctx context.Context, e *env, r *result, victimIdx int, restart boo
 	}
 	// Keep the load on for a while after recovery.
 	n := wr.count()
-	if err := poll(ctx, 100*time.Millisecond, time.Minute, "100 more acknowledged writes after recovery", func(context.Context) (bool, error) {
-		return wr.count() >= n+100, fmt.Errorf("%d more (errors: %s)", wr.count()-n, wr.errSummary())
+	if err := poll(ctx, 100*time.Millisecond, time.Minute, "300 more acknowledged writes after recovery", func(context.Context) (bool, error) {
+		return wr.count() >= n+300, fmt.Errorf("%d more (errors: %s)", wr.count()-n, wr.errSummary())
 	}); err != nil {
 		return err
 	}
@@ -260,7 +264,12 @@ func (w *writer) work(ctx context.Context, id, n int) {
 			}
 			switch {
 			case err == nil:
-				w.record(ack{name: name, rv: mustRV(res.ResourceVersion), val: val, started: started, done: time.Now()})
+				rv, perr := rvNum(res.ResourceVersion)
+				if perr != nil {
+					w.recordErr(perr)
+					continue
+				}
+				w.record(ack{name: name, rv: rv, val: val, started: started, done: time.Now()})
 				objs[name] = res
 			case apierrors.IsAlreadyExists(err), apierrors.IsConflict(err):
 				// An earlier failed attempt did land after all: catch up.
@@ -476,14 +485,17 @@ func (o *observer) run(ctx context.Context) {
 				_ = sleepCtx(ctx, 500*time.Millisecond)
 				continue
 			}
-			lrv := mustRV(l.ResourceVersion)
 			o.mu.Lock()
+			lrv, err := rvNum(l.ResourceVersion)
+			if err != nil {
+				o.violate("list: %v", err)
+			}
 			if lrv < o.lastRV {
 				o.violate("relist at resourceVersion %d is older than the last event seen (%d)", lrv, o.lastRV)
 			}
 			state := map[string]observed{}
 			for _, it := range l.Items {
-				rv := mustRV(it.ResourceVersion)
+				rv, _ := rvNum(it.ResourceVersion)
 				if prev, ok := o.state[it.Name]; ok && rv < prev.rv {
 					o.violate("relist has %s at %d, older than already seen %d", it.Name, rv, prev.rv)
 				}
@@ -528,8 +540,11 @@ func (o *observer) consume(w watch.Interface) bool {
 				o.mu.Unlock()
 				continue
 			}
-			rv := mustRV(cm.ResourceVersion)
 			o.mu.Lock()
+			rv, err := rvNum(cm.ResourceVersion)
+			if err != nil {
+				o.violate("%s", err)
+			}
 			if rv <= o.lastRV {
 				o.violate("%s of %s at %d after an event at %d: resourceVersions must strictly increase", ev.Type, cm.Name, rv, o.lastRV)
 			}

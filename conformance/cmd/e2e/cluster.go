@@ -86,6 +86,14 @@ func startCluster(ctx context.Context, o *options, procs *processes) (*cluster, 
 		"--tls-cert-file=" + p.serverCert,
 		"--tls-private-key-file=" + p.serverKey,
 		"--client-ca-file=" + p.caCert,
+		// Front-proxy settings, published in kube-system/extension-apiserver-
+		// authentication; without them kube-controller-manager's delegated
+		// authentication logs an error every few seconds.
+		"--requestheader-client-ca-file=" + p.caCert,
+		"--requestheader-allowed-names=front-proxy-client",
+		"--requestheader-username-headers=X-Remote-User",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
 		"--token-auth-file=" + p.tokenFile,
 		"--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc",

@@ -27,6 +27,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -61,8 +62,9 @@ type check struct {
 }
 
 // The order matters: kill-restart and ha disturb the backend, so they come
-// last; leases-events runs before them so that the controller-manager's
-// lease is judged on an undisturbed cluster.
+// last, and leases-events judges the controller-manager's lease before
+// them, on an undisturbed cluster. watch-compaction comes late because it
+// first waits for the apiserver's own compactor to have run.
 func allChecks() []*check {
 	return []*check{
 		{name: "readyz", timeout: 3 * time.Minute, run: checkReadyz},
@@ -70,8 +72,8 @@ func allChecks() []*check {
 		{name: "namespace-deletion", timeout: 4 * time.Minute, run: checkNamespaceDeletion},
 		{name: "deployment", timeout: 5 * time.Minute, run: checkDeployment},
 		{name: "crd", timeout: 8 * time.Minute, run: checkCRD},
-		{name: "watch-compaction", timeout: 4 * time.Minute, run: checkWatchCompaction},
 		{name: "leases-events", timeout: 5 * time.Minute, prepare: prepareEvent, run: checkLeasesEvents},
+		{name: "watch-compaction", timeout: 4 * time.Minute, run: checkWatchCompaction},
 		{name: "kill-restart", timeout: 5 * time.Minute, run: checkKillRestart},
 		{name: "ha", timeout: 5 * time.Minute, koineOnly: true, haOnly: true, run: checkHA},
 	}
@@ -181,17 +183,33 @@ func run() int {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// On SIGINT/SIGTERM: stop every process we started, then exit. (If this
-	// program is killed outright, Pdeathsig kills them.)
-	sigs := make(chan os.Signal, 1)
+	// On SIGINT/SIGTERM the running check is cancelled and the normal exit
+	// path stops every process; if that hangs, a second signal or 30s
+	// force it. (If this program is killed outright, Pdeathsig kills them.)
+	var interrupted atomic.Bool
+	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		s := <-sigs
 		progress("%v: stopping", s)
+		interrupted.Store(true)
 		cancel()
+		select {
+		case <-sigs:
+		case <-time.After(30 * time.Second):
+		}
 		cleanup()
 		os.Exit(130)
 	}()
+	exitCode := func(failed bool) int {
+		switch {
+		case interrupted.Load():
+			return 130
+		case failed:
+			return 1
+		}
+		return 0
+	}
 
 	progress("backend %s, %d instance(s), work dir %s", o.backend, o.instances, o.workDir)
 	started := time.Now()
@@ -206,7 +224,7 @@ func run() int {
 			rep.Failed++
 		}
 		finish(o, rep, started)
-		return 1
+		return exitCode(true)
 	}
 	progress("control plane ready in %s", time.Since(started).Round(100*time.Millisecond))
 	e := newEnv(c, o)
@@ -241,6 +259,11 @@ func run() int {
 			r.Status = "fail"
 			r.Error = err.Error()
 			rep.Failed++
+			if interrupted.Load() {
+				r.Error = "interrupted"
+				fmt.Printf("FAIL %s: interrupted\n", ch.name)
+				break
+			}
 			fmt.Printf("FAIL %s: %v\n", ch.name, err)
 			printLogTails(procs, r.showLogs)
 		} else {
@@ -248,15 +271,9 @@ func run() int {
 			rep.Passed++
 			fmt.Printf("PASS %s (%s)\n", ch.name, time.Since(start).Round(100*time.Millisecond))
 		}
-		if ctx.Err() != nil {
-			break
-		}
 	}
 	finish(o, rep, started)
-	if rep.Failed > 0 {
-		return 1
-	}
-	return 0
+	return exitCode(rep.Failed > 0)
 }
 
 // runCheck runs one check with its timeout; a panic is a failure.
