@@ -10,7 +10,7 @@ import (
 	_ "k8s.io/apiserver/pkg/storage/cacher"
 	_ "k8s.io/apiserver/pkg/storage/etcd3"
 	_ "k8s.io/apiserver/pkg/storage/etcd3/testserver"
+	_ "k8s.io/kubectl/pkg/cmd"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"
-	_ "k8s.io/kubectl/pkg/cmd"
 )
