@@ -38,6 +38,7 @@ OUT=$ROOT/target/conformance
 MOD=$ROOT/conformance
 export GOFLAGS=-mod=readonly
 export CGO_ENABLED=1
+mkdir -p "$OUT"
 source scripts/lib/dbs.sh
 
 # The two trees of the suite; each builds into a directory of its own, since
