@@ -74,7 +74,7 @@ print("Produced by `scripts/bench.sh %s` (each figure one %s run of `koine bench
       " etcd is Debian's 3.4 measured in the same run. PostgreSQL 15 and MariaDB are the local"
       " services with default settings. Numbers drift between runs on shared machines; compare"
       " columns, not runs.\n" % (sys.argv[2], sys.argv[2], cpu, platform.platform()))
-print("Workloads (kube-apiserver-shaped, see ../shared/docs/targets.md): create = Txn(mod==0 -> put 1 KiB);"
+print("Workloads (kube-apiserver-shaped): create = Txn(mod==0 -> put 1 KiB);"
       " update = get + Txn(mod==seen -> put); get = single key; list = paginated list of 10,000 keys"
       " (limit 500, pinned revision), in lists/s; count = count-only over 10,000 keys; lease = grant + put"
       " with lease; mixed = 20% create, 50% update, 10% delete, 15% get, 5% list; watch = 100 watchers,"

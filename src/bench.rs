@@ -1,6 +1,14 @@
 //! `koine bench`: a load generator for any etcd v3 endpoint (Koine or a
-//! real etcd), with workloads shaped like kube-apiserver's (see
-//! ../shared/docs/targets.md). Every value read back is checked.
+//! real etcd), with workloads shaped like kube-apiserver's: `create` =
+//! Txn(mod_revision == 0 → put 1 KiB); `update` = get + Txn(mod_revision ==
+//! seen → put); `get` = one key; `list` = a paginated list of 10,000 keys
+//! (limit 500, later pages pinned to the first's revision), in lists/s;
+//! `count` = count-only over 10,000 keys; `lease` = grant TTL 60 + put with
+//! the lease; `mixed` = 20 % create, 50 % update, 10 % delete-if-unchanged,
+//! 15 % get, 5 % list; `watch` = `--watchers` watchers and `--watch-rate`
+//! puts/s, latency from sending the put to each watcher receiving it (its
+//! "clients" column is the number of watchers). Every value read back is
+//! checked.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,7 +60,8 @@ pub struct BenchArgs {
         default_value = "create,update,get,list"
     )]
     pub workload: Vec<Workload>,
-    /// Concurrent clients (a list runs each workload at each level).
+    /// Concurrent clients (a list runs each workload at each level; the
+    /// watch workload has `--watchers` instead and runs once).
     #[arg(long, value_delimiter = ',', default_value = "16")]
     pub clients: Vec<usize>,
     /// How long each measurement runs.
@@ -130,9 +139,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await?;
     let mut results = Vec::new();
     for &workload in &args.workload {
-        for &clients in &args.clients {
+        // The watch workload's load is its watchers and put rate, not
+        // client levels: one measurement.
+        let levels: &[usize] = match workload {
+            Workload::Watch => &[args.watchers],
+            _ => &args.clients,
+        };
+        for &clients in levels {
             let r = match workload {
-                Workload::Watch => watch_latency(&args, channel.clone(), clients).await?,
+                Workload::Watch => watch_latency(&args, channel.clone()).await?,
                 _ => load(&args, channel.clone(), workload, clients).await?,
             };
             if !args.json {
@@ -581,11 +596,7 @@ fn put_op(key: &Bytes, size: usize) -> pb::RequestOp {
 /// per second carrying their send time; latency is measured from the put
 /// being sent to each watcher receiving the event. Every watcher must see
 /// every put, in order.
-async fn watch_latency(
-    args: &BenchArgs,
-    channel: Channel,
-    clients: usize,
-) -> anyhow::Result<BenchResult> {
+async fn watch_latency(args: &BenchArgs, channel: Channel) -> anyhow::Result<BenchResult> {
     use futures::StreamExt;
     let prefix = format!("{PREFIX}watch/{}/", rand::random::<u32>());
     let epoch = Instant::now();
@@ -679,7 +690,7 @@ async fn watch_latency(
     Ok(summarize(
         &args.label,
         Workload::Watch,
-        clients,
+        args.watchers,
         lat,
         errors,
         seconds,

@@ -126,7 +126,7 @@ pub struct Config {
 
 /// Where the data lives.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     Sqlite(SqliteConfig),
     /// A `postgres://` or `postgresql://` DSN.
     Postgres(String),
@@ -138,7 +138,7 @@ pub enum Endpoint {
 }
 
 impl Config {
-    pub fn db_tls(&self) -> crate::sql::DbTls {
+    pub(crate) fn db_tls(&self) -> crate::sql::DbTls {
         crate::sql::DbTls {
             ca_file: self.ca_file.clone(),
             cert_file: self.cert_file.clone(),
@@ -149,7 +149,7 @@ impl Config {
 
     /// Parses the storage endpoint. Errors never include the DSN itself,
     /// since it may hold a password.
-    pub fn storage(&self) -> anyhow::Result<Endpoint> {
+    pub(crate) fn storage(&self) -> anyhow::Result<Endpoint> {
         let dsn = self.endpoint.trim();
         if dsn.is_empty() {
             return Ok(Endpoint::Sqlite(SqliteConfig::parse(DEFAULT_SQLITE)?));

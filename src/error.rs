@@ -22,7 +22,6 @@ pub mod text {
     pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
     pub const TIMEOUT: &str = "etcdserver: request timed out";
     pub const STOPPED: &str = "etcdserver: server stopped";
-    pub const WATCH_CANCELED: &str = "etcdserver: watch canceled";
 }
 
 /// Everything that can go wrong below the gRPC layer.
@@ -59,7 +58,8 @@ pub enum Error {
     Timeout,
     #[error("server is stopping")]
     Stopped,
-    /// The database could not be reached or the connection was lost.
+    /// The database could not be reached or the connection was lost
+    /// (classified by the database's dialect, `sql/dialect.rs`).
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     /// Any other database failure.
@@ -72,28 +72,16 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => Error::Unavailable(e),
-            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(unavailable_sqlstate) => {
-                Error::Unavailable(e)
-            }
-            _ => Error::Database(e),
-        }
+impl Error {
+    /// Whether this error fails a whole write batch (the database failed)
+    /// rather than one request (etcd's request errors, raised before the
+    /// request writes anything).
+    pub fn fails_batch(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable(_) | Error::Database(_) | Error::Internal(_)
+        )
     }
-}
-
-/// SQLSTATEs that mean "the database is going away or not there yet":
-/// connection exceptions (class 08), PostgreSQL's admin/crash shutdown and
-/// "cannot connect now" (57P01-57P03), too many connections (53300).
-fn unavailable_sqlstate(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
 impl From<Error> for Status {
@@ -138,8 +126,36 @@ mod tests {
 
     #[test]
     fn every_etcd_error_has_its_code_and_text() {
+        // Every variant that stands for one of etcd's errors, with the code
+        // and text etcd's rpctypes give it.
         let cases = [
             (Error::EmptyKey, Code::InvalidArgument, text::EMPTY_KEY),
+            (
+                Error::KeyNotFound,
+                Code::InvalidArgument,
+                text::KEY_NOT_FOUND,
+            ),
+            (
+                Error::ValueProvided,
+                Code::InvalidArgument,
+                text::VALUE_PROVIDED,
+            ),
+            (
+                Error::LeaseProvided,
+                Code::InvalidArgument,
+                text::LEASE_PROVIDED,
+            ),
+            (Error::TooManyOps, Code::InvalidArgument, text::TOO_MANY_OPS),
+            (
+                Error::DuplicateKey,
+                Code::InvalidArgument,
+                text::DUPLICATE_KEY,
+            ),
+            (
+                Error::InvalidSortOption,
+                Code::InvalidArgument,
+                text::INVALID_SORT_OPTION,
+            ),
             (
                 Error::Compacted {
                     required: 1,
@@ -167,16 +183,17 @@ mod tests {
                 text::LEASE_EXIST,
             ),
             (
-                Error::DuplicateKey,
-                Code::InvalidArgument,
-                text::DUPLICATE_KEY,
+                Error::LeaseTtlTooLarge,
+                Code::OutOfRange,
+                text::LEASE_TTL_TOO_LARGE,
             ),
-            (Error::TooManyOps, Code::InvalidArgument, text::TOO_MANY_OPS),
             (
                 Error::RequestTooLarge,
                 Code::InvalidArgument,
                 text::REQUEST_TOO_LARGE,
             ),
+            (Error::Timeout, Code::Unavailable, text::TIMEOUT),
+            (Error::Stopped, Code::Unavailable, text::STOPPED),
         ];
         for (err, code, msg) in cases {
             let status = Status::from(err);

@@ -6,21 +6,21 @@
 //! nothing; one that changes any key advances the revision by exactly one.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::mvcc::range::{self, ReadPoint};
-use crate::mvcc::types::{
-    Compare, CompareResult, CompareTarget, DeleteRequest, DeleteResult, Event, EventKind, KeyRange,
-    KeyValue, Op, OpResult, PutRequest, PutResult, Revision, TxnRequest, TxnResult,
+use crate::mvcc::request::{
+    Compare, CompareResult, CompareTarget, DeleteRequest, DeleteResult, Op, OpResult, PutRequest,
+    PutResult, TxnRequest, TxnResult,
 };
-use crate::sql::{DbTx, LogRow};
+use crate::mvcc::writer::{BoxFut, Write, WriteSettings};
+use crate::sql::{DbTx, LogRow, Meta};
+use crate::types::{Event, EventKind, KeyRange, KeyValue, Revision};
 
 /// The writer's view of the batch being built.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BatchState {
     /// The newest revision assigned so far (committed or in this batch).
     pub revision: Revision,
@@ -32,6 +32,7 @@ pub struct BatchState {
     /// Point reads of the current state, kept coherent with this batch's
     /// writes (the writer holds the revision lock, so nobody else writes).
     pub cache: KvCache,
+    pub settings: WriteSettings,
 }
 
 /// The current version of single keys, as read or written in this batch.
@@ -83,6 +84,18 @@ impl KvCache {
 }
 
 impl BatchState {
+    /// A batch starting from the locked meta row.
+    pub fn new(meta: Meta, settings: WriteSettings) -> BatchState {
+        BatchState {
+            revision: meta.revision,
+            compact: meta.compact_revision,
+            pending_log: Vec::new(),
+            events: Vec::new(),
+            cache: KvCache::default(),
+            settings,
+        }
+    }
+
     /// Writes buffered log rows so that reads from the log see them.
     pub async fn flush_log(&mut self, tx: &mut DbTx) -> Result<()> {
         if !self.pending_log.is_empty() {
@@ -155,7 +168,32 @@ pub fn check_intervals(ops: &[Op]) -> Result<(HashSet<Bytes>, Vec<KeyRange>)> {
     Ok((puts, dels))
 }
 
-pub async fn put(tx: &mut DbTx, state: &mut BatchState, req: &PutRequest) -> Result<PutResult> {
+impl Write for PutRequest {
+    type Output = PutResult;
+    fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, PutResult> {
+        Box::pin(put(tx, state, self))
+    }
+}
+
+impl Write for DeleteRequest {
+    type Output = DeleteResult;
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut DbTx,
+        state: &'a mut BatchState,
+    ) -> BoxFut<'a, DeleteResult> {
+        Box::pin(delete(tx, state, self))
+    }
+}
+
+impl Write for TxnRequest {
+    type Output = TxnResult;
+    fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, TxnResult> {
+        Box::pin(txn(tx, state, self))
+    }
+}
+
+async fn put(tx: &mut DbTx, state: &mut BatchState, req: &PutRequest) -> Result<PutResult> {
     let mut changes = Changes {
         revision: state.revision + 1,
         events: Vec::new(),
@@ -166,7 +204,7 @@ pub async fn put(tx: &mut DbTx, state: &mut BatchState, req: &PutRequest) -> Res
     Ok(result)
 }
 
-pub async fn delete(
+async fn delete(
     tx: &mut DbTx,
     state: &mut BatchState,
     req: &DeleteRequest,
@@ -180,7 +218,7 @@ pub async fn delete(
     Ok(result)
 }
 
-pub async fn txn(tx: &mut DbTx, state: &mut BatchState, req: &TxnRequest) -> Result<TxnResult> {
+async fn txn(tx: &mut DbTx, state: &mut BatchState, req: &TxnRequest) -> Result<TxnResult> {
     let mut path = Vec::new();
     compare_path(tx, &mut state.cache, req, &mut path).await?;
     let mut cursor = 0;
@@ -307,8 +345,6 @@ async fn apply_delete(
         prev_kvs: if req.prev_kv { kvs } else { Vec::new() },
     })
 }
-
-type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
 /// Evaluates every compare on the path the Txn will take, nested Txns
 /// included, against the state before the request (etcd `compareToPath`).
@@ -459,6 +495,205 @@ fn apply_txn<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mvcc::request::{RangeOptions, RangeRequest};
+    use crate::mvcc::test_store;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn put_req(k: &str, v: &str) -> PutRequest {
+        PutRequest {
+            key: b(k),
+            value: b(v),
+            lease: 0,
+            prev_kv: false,
+            ignore_value: false,
+            ignore_lease: false,
+        }
+    }
+
+    fn get(k: &str) -> Op {
+        Op::Range(RangeRequest {
+            range: KeyRange::from_etcd(&b(k), &Bytes::new()),
+            options: RangeOptions::default(),
+        })
+    }
+
+    fn cmp(k: &str, end: &str, result: CompareResult, target: CompareTarget) -> Compare {
+        Compare {
+            result,
+            target,
+            key: b(k),
+            range_end: b(end),
+        }
+    }
+
+    /// kube-apiserver's create: [MOD(k) == 0] → [Put] else [Range(k)].
+    fn create(k: &str, v: &str) -> TxnRequest {
+        TxnRequest {
+            compare: vec![cmp(k, "", CompareResult::Equal, CompareTarget::Mod(0))],
+            success: vec![Op::Put(put_req(k, v))],
+            failure: vec![get(k)],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_compare_runs_the_other_branch_and_writes_nothing() {
+        let store = test_store().await;
+        let (r, rev) = store.write(create("k", "1")).await.unwrap();
+        assert!(r.succeeded);
+        assert_eq!(rev, 2, "one revision for the create");
+        let (r, rev) = store.write(create("k", "2")).await.unwrap();
+        assert!(!r.succeeded);
+        assert_eq!(rev, 2, "a Txn that changes nothing makes no revision");
+        match &r.responses[..] {
+            [OpResult::Range(got)] => {
+                assert_eq!(got.kvs.len(), 1);
+                assert_eq!(got.kvs[0].value, b("1"));
+                assert_eq!(got.kvs[0].mod_revision, 2);
+            }
+            other => panic!("expected the failure branch's Range, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn nested_compares_see_the_state_before_the_request() {
+        let store = test_store().await;
+        store.write(put_req("a", "1")).await.unwrap();
+        // Outer: a's version is 1 → success, which puts a and runs an inner
+        // Txn comparing a's version to 1 again: still true, because every
+        // compare on the path is evaluated before anything is applied.
+        let inner = TxnRequest {
+            compare: vec![cmp(
+                "a",
+                "",
+                CompareResult::Equal,
+                CompareTarget::Version(1),
+            )],
+            success: vec![Op::Put(put_req("inner-then", "x"))],
+            failure: vec![Op::Put(put_req("inner-else", "x"))],
+        };
+        let outer = TxnRequest {
+            compare: vec![cmp(
+                "a",
+                "",
+                CompareResult::Equal,
+                CompareTarget::Version(1),
+            )],
+            success: vec![Op::Put(put_req("a", "2")), Op::Txn(inner)],
+            failure: vec![],
+        };
+        let (r, rev) = store.write(outer).await.unwrap();
+        assert!(r.succeeded);
+        assert!(matches!(&r.responses[1], OpResult::Txn(t) if t.succeeded));
+        assert_eq!(rev, 3, "all changes of one Txn share one revision");
+        let (then, _) = store
+            .range(&RangeRequest {
+                range: KeyRange::from_etcd(&b("inner-then"), &Bytes::new()),
+                options: RangeOptions::default(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(then.kvs.len(), 1);
+        assert_eq!(then.kvs[0].mod_revision, 3);
+    }
+
+    #[tokio::test]
+    async fn range_compares_need_every_key_and_values_need_a_key() {
+        let store = test_store().await;
+        store.write(put_req("p/1", "1")).await.unwrap();
+        store.write(put_req("p/2", "2")).await.unwrap();
+        let txn = |c: Compare| TxnRequest {
+            compare: vec![c],
+            success: vec![],
+            failure: vec![],
+        };
+        let ok = |c| {
+            let store = store.clone();
+            async move { store.write(txn(c)).await.unwrap().0.succeeded }
+        };
+        assert!(
+            ok(cmp(
+                "p/",
+                "p0",
+                CompareResult::Greater,
+                CompareTarget::Mod(1)
+            ))
+            .await
+        );
+        assert!(
+            !ok(cmp(
+                "p/",
+                "p0",
+                CompareResult::Equal,
+                CompareTarget::Value(b("1"))
+            ))
+            .await
+        );
+        assert!(
+            ok(cmp(
+                "p/",
+                "p0",
+                CompareResult::Less,
+                CompareTarget::Value(b("3"))
+            ))
+            .await
+        );
+        // A missing key's version/revisions are 0, but it has no value.
+        assert!(
+            ok(cmp(
+                "none",
+                "",
+                CompareResult::Equal,
+                CompareTarget::Version(0)
+            ))
+            .await
+        );
+        assert!(
+            !ok(cmp(
+                "none",
+                "",
+                CompareResult::NotEqual,
+                CompareTarget::Value(b("x"))
+            ))
+            .await
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_error_changes_nothing() {
+        let store = test_store().await;
+        let (_, before) = store.write(put_req("k", "1")).await.unwrap();
+        // Put k, then put with a lease that does not exist: the whole Txn
+        // fails before applying anything.
+        let bad = TxnRequest {
+            compare: vec![],
+            success: vec![
+                Op::Put(put_req("j", "1")),
+                Op::Put(PutRequest {
+                    lease: 42,
+                    ..put_req("k", "2")
+                }),
+            ],
+            failure: vec![],
+        };
+        assert!(matches!(
+            store.write(bad).await,
+            Err(Error::LeaseNotFound(42))
+        ));
+        let (r, rev) = store.write(put_req("k", "3")).await.unwrap();
+        assert_eq!(rev, before + 1, "no revision was used by the failed Txn");
+        assert!(r.prev_kv.is_none());
+        let (j, _) = store
+            .range(&RangeRequest {
+                range: KeyRange::from_etcd(&b("j"), &Bytes::new()),
+                options: RangeOptions::default(),
+            })
+            .await
+            .unwrap();
+        assert!(j.kvs.is_empty(), "nothing of the failed Txn was applied");
+    }
 
     fn put(k: &'static str) -> Op {
         Op::Put(PutRequest {

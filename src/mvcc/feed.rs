@@ -1,4 +1,4 @@
-//! Feeding the watch hub, and following other instances (DESIGN decision 8).
+//! Feeding the watch hub, and following other instances.
 //!
 //! The hub must see every revision in order. Locally committed batches are
 //! published directly; revisions committed by other instances are read
@@ -8,15 +8,14 @@
 //! polling the meta row (MySQL, SQLite, and as a safety net).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::mvcc::hub::Hub;
-use crate::mvcc::types::{Event, EventKind, KeyValue, Revision};
 use crate::sql::{Db, LoggedChange};
+use crate::types::{Event, EventKind, KeyValue, Revision};
 
 /// Revisions read from the log per step when filling a gap.
 const FILL_STEP: i64 = 512;
@@ -67,7 +66,7 @@ impl Feed {
             }
             let upto = to.min(from + FILL_STEP);
             let mut tx = self.db.begin_read().await?;
-            let changes = tx.changes(from, upto, i64::MAX).await?;
+            let changes = tx.changes(from, upto).await?;
             tx.commit().await?;
             let batch = events_by_revision(changes);
             if batch.last().map(|(r, _)| *r) != Some(upto) {
@@ -115,7 +114,7 @@ pub fn events_by_revision(changes: Vec<LoggedChange>) -> Vec<(Revision, Vec<Even
 
 /// Follows revisions committed by other instances.
 pub async fn tail_loop(feed: Arc<Feed>, db: Db, poll: Duration, cancel: CancellationToken) {
-    let mut listener = match db.listener().await {
+    let mut listener = match db.dialect().notifications().await {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "LISTEN failed; polling only");
@@ -149,61 +148,6 @@ pub async fn tail_loop(feed: Arc<Feed>, db: Db, poll: Duration, cancel: Cancella
                 }
             }
             Err(e) => tracing::debug!(error = %e, "revision poll failed"),
-        }
-    }
-}
-
-/// Calls `job` every `every` while this instance is the leader, until
-/// `cancel` fires (lease expiry and background compaction).
-pub async fn while_leader<F, Fut>(
-    every: Duration,
-    is_leader: Arc<AtomicBool>,
-    cancel: CancellationToken,
-    mut job: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if is_leader.load(Ordering::SeqCst) {
-            job().await;
-        }
-    }
-}
-
-/// Keeps `is_leader` true while this instance holds the database's leader
-/// lock; only the leader expires leases and compacts in the background.
-pub async fn leader_loop(db: Db, is_leader: Arc<AtomicBool>, cancel: CancellationToken) {
-    let mut session = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match session.as_mut() {
-            Some(s) => {
-                if !crate::sql::LeaderSession::alive(s).await {
-                    tracing::warn!("lost leadership (lock connection gone)");
-                    session = None;
-                    is_leader.store(false, Ordering::SeqCst);
-                }
-            }
-            None => match db.try_leader().await {
-                Ok(Some(s)) => {
-                    tracing::info!("became leader: expiring leases and compacting");
-                    session = Some(s);
-                    is_leader.store(true, Ordering::SeqCst);
-                }
-                Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, "leader lock attempt failed"),
-            },
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The watch hub: recent committed events in memory, by revision, plus a
 //! signal carrying the newest revision. Watch streams pull from it with
 //! their own cursor; a cursor older than the ring falls back to the log in
-//! the database (DESIGN decision 7), so nothing is ever dropped for a slow
+//! the database (`watch.rs`), so nothing is ever dropped for a slow
 //! reader.
 
 use std::collections::VecDeque;
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::mvcc::types::{Event, Revision};
+use crate::types::{Event, Revision};
 
 /// All events of one revision.
 #[derive(Debug)]
@@ -151,5 +151,87 @@ impl Hub {
         }
         let skip = (after - ring.base) as usize;
         Since::Events(ring.entries.iter().skip(skip).take(max).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{EventKind, KeyValue};
+
+    fn put(key: &str, revision: Revision) -> Event {
+        Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+                value: bytes::Bytes::from(vec![b'v'; 100]),
+                lease: 0,
+            },
+            prev_kv: None,
+        }
+    }
+
+    fn revisions(since: Since) -> Vec<Revision> {
+        match since {
+            Since::Events(v) => v.iter().map(|r| r.revision).collect(),
+            Since::Evicted => panic!("evicted"),
+        }
+    }
+
+    #[test]
+    fn readers_get_what_follows_their_cursor() {
+        let hub = Hub::new(10, 0, 1 << 20, 100);
+        hub.publish((11..=15).map(|r| (r, vec![put("a", r)])).collect());
+        assert_eq!(hub.latest(), 15);
+        assert_eq!(revisions(hub.since(10, 100)), vec![11, 12, 13, 14, 15]);
+        assert_eq!(revisions(hub.since(13, 100)), vec![14, 15]);
+        assert_eq!(revisions(hub.since(11, 2)), vec![12, 13]);
+        assert!(revisions(hub.since(15, 100)).is_empty());
+        // Before the hub's start: the log has it, not the hub.
+        assert!(matches!(hub.since(9, 100), Since::Evicted));
+        // Republishing what it holds changes nothing.
+        hub.publish(vec![(14, vec![put("b", 14)])]);
+        assert_eq!(revisions(hub.since(10, 100)).len(), 5);
+    }
+
+    #[test]
+    fn a_gap_restarts_the_ring_after_it() {
+        let hub = Hub::new(10, 0, 1 << 20, 100);
+        hub.publish(vec![(11, vec![put("a", 11)])]);
+        // Revisions 12-19 were written by another instance and never seen:
+        // the ring restarts at 20, and readers behind it go to the log.
+        hub.publish(vec![(20, vec![put("a", 20)])]);
+        assert_eq!(hub.latest(), 20);
+        assert!(matches!(hub.since(11, 100), Since::Evicted));
+        assert_eq!(revisions(hub.since(19, 100)), vec![20]);
+    }
+
+    #[test]
+    fn the_oldest_revisions_go_first_when_full() {
+        // At most 3 revisions.
+        let hub = Hub::new(0, 0, 1 << 20, 3);
+        hub.publish((1..=5).map(|r| (r, vec![put("a", r)])).collect());
+        assert!(matches!(hub.since(1, 100), Since::Evicted));
+        assert_eq!(revisions(hub.since(2, 100)), vec![3, 4, 5]);
+        // At most ~2 revisions' bytes: the newest always stays.
+        let hub = Hub::new(0, 0, 500, 100);
+        hub.publish((1..=5).map(|r| (r, vec![put("a", r)])).collect());
+        match hub.since(0, 100) {
+            Since::Evicted => {}
+            Since::Events(v) => panic!("expected eviction, got {} revisions", v.len()),
+        }
+        assert_eq!(*revisions(hub.since(4, 100)).last().unwrap(), 5);
+    }
+
+    #[test]
+    fn the_compact_revision_only_moves_forward() {
+        let hub = Hub::new(10, 4, 1 << 20, 100);
+        assert_eq!(hub.compact_revision(), 4);
+        hub.compacted(8);
+        hub.compacted(6);
+        assert_eq!(hub.compact_revision(), 8);
     }
 }

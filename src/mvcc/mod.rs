@@ -1,11 +1,363 @@
-//! etcd's semantics, written once for every database.
+//! etcd's semantics, written once for every database: revisions, Range at
+//! any revision, Put/DeleteRange/Txn through the group-commit writer,
+//! watching, leases and compaction.
+//!
+//! [`Store`] is the front door the gRPC services use: reads run on a
+//! snapshot of the database, writes go through the writer, and every call
+//! gives up with etcd's "request timed out" after the request timeout.
+//! [`start`] opens the engine on a connected database and runs its
+//! background tasks (following other instances, the leader lock, lease
+//! expiry, background compaction) until the token is cancelled.
 
-pub mod apply;
-pub mod compactor;
-pub mod hub;
-pub mod lease;
-pub mod range;
-pub mod store;
-pub mod tail;
-pub mod types;
-pub mod writer;
+mod apply;
+mod compact;
+mod feed;
+mod hub;
+mod leader;
+mod lease;
+mod range;
+pub mod request;
+mod watch;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use apply::check_intervals;
+pub use compact::Compact;
+pub use lease::{Grant, KeepAlive, Revoke};
+pub use watch::{Delivery, Refused, WatchSpec, WatchStream};
+pub use writer::Write;
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::sql::{Db, LeaseRow, LoggedChange, Meta};
+use crate::types::{LeaseId, Revision};
+use feed::Feed;
+use hub::Hub;
+use range::ReadPoint;
+use request::{RangeRequest, RangeResult};
+use writer::{WriteSettings, Writer};
+
+/// Bytes of recent events the watch hub keeps in memory.
+const HUB_BYTES: usize = 64 << 20;
+/// Revisions the watch hub keeps in memory at most.
+const HUB_REVISIONS: usize = 100_000;
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Longest a request may wait for the database before it fails with
+    /// etcd's "request timed out".
+    pub request_timeout: Duration,
+    pub min_lease_ttl: i64,
+    pub lease_check_interval: Duration,
+    /// Background compaction interval (0: off) and revisions it keeps.
+    pub compact_interval: Duration,
+    pub compact_min_retain: i64,
+    /// How often other instances' writes are looked for.
+    pub poll_interval: Duration,
+}
+
+/// The engine's handle for the services; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+    writer: Writer,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    /// Serialises physical compaction runs of this instance.
+    compacting: Arc<tokio::sync::Mutex<()>>,
+    request_timeout: Duration,
+}
+
+/// The engine's background tasks; [`Engine::stop`] waits for them.
+pub struct Engine {
+    tasks: Vec<JoinHandle<()>>,
+    writer: JoinHandle<()>,
+}
+
+/// Opens the engine on `db` and starts its background tasks, which run
+/// until `cancel` fires.
+pub async fn start(
+    db: Db,
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+    cancel: &CancellationToken,
+) -> Result<(Store, Engine)> {
+    let meta = db.meta().await?;
+    let (store, feed, writer) = assemble(
+        db.clone(),
+        meta,
+        settings.request_timeout,
+        settings.min_lease_ttl,
+        metrics,
+    );
+    let is_leader = Arc::new(AtomicBool::new(false));
+    let tasks = vec![
+        tokio::spawn(leader::leader_loop(
+            db.clone(),
+            is_leader.clone(),
+            cancel.clone(),
+        )),
+        tokio::spawn(feed::tail_loop(
+            feed,
+            db.clone(),
+            settings.poll_interval,
+            cancel.clone(),
+        )),
+        tokio::spawn(lease::expire_loop(
+            store.clone(),
+            settings.lease_check_interval,
+            is_leader.clone(),
+            cancel.clone(),
+        )),
+        tokio::spawn(compact::compact_loop(
+            store.clone(),
+            settings.compact_interval,
+            settings.compact_min_retain,
+            is_leader,
+            cancel.clone(),
+        )),
+    ];
+    tracing::info!(
+        database = db.dialect().sql().name,
+        revision = meta.revision,
+        "engine started"
+    );
+    Ok((store, Engine { tasks, writer }))
+}
+
+/// The store and its writer on `db`, whose meta row reads `meta`.
+fn assemble(
+    db: Db,
+    meta: Meta,
+    request_timeout: Duration,
+    min_lease_ttl: i64,
+    metrics: Arc<Metrics>,
+) -> (Store, Arc<Feed>, JoinHandle<()>) {
+    let hub = Arc::new(Hub::new(
+        meta.revision,
+        meta.compact_revision,
+        HUB_BYTES,
+        HUB_REVISIONS,
+    ));
+    let feed = Arc::new(Feed::new(hub.clone(), db.clone()));
+    let (writer, task) = Writer::spawn(
+        db.clone(),
+        feed.clone(),
+        WriteSettings { min_lease_ttl },
+        metrics.clone(),
+    );
+    let store = Store {
+        db,
+        writer,
+        hub,
+        metrics,
+        compacting: Default::default(),
+        request_timeout,
+    };
+    (store, feed, task)
+}
+
+/// A store on a fresh in-memory SQLite database, with its writer and no
+/// background task, for the engine's unit tests.
+#[cfg(test)]
+pub(crate) async fn test_store() -> Store {
+    let db = crate::sql::sqlite::memory().await;
+    let meta = db.meta().await.expect("meta");
+    let (store, _feed, _writer) = assemble(db, meta, Duration::from_secs(10), 2, Metrics::new());
+    store
+}
+
+impl Engine {
+    /// Waits for the background tasks (cancel their token first), then for
+    /// the writer to drain, which it does once every [`Store`] is dropped.
+    pub async fn stop(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.writer).await;
+    }
+}
+
+/// What TimeToLive reports: the lease (if it is alive), its keys, and the
+/// store revision.
+pub struct LeaseInfo {
+    pub lease: Option<LeaseRow>,
+    pub keys: Vec<Bytes>,
+    pub revision: Revision,
+}
+
+impl Store {
+    /// Runs `f`, failing with `Error::Timeout` after the request timeout.
+    async fn bounded<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.request_timeout, f).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// A Range at the current or a past revision. Returns the result and the
+    /// store revision of the snapshot it was read from.
+    pub async fn range(&self, req: &RangeRequest) -> Result<(RangeResult, Revision)> {
+        self.bounded(async {
+            let o = &req.options;
+            // Fast path: a current read that needs no separate count is one
+            // statement joining the meta row, where the database reads
+            // that way fastest.
+            if o.revision <= 0 && !o.count_only {
+                let limit = range::fetch_limit(o);
+                if let Some((meta, kvs)) = self.db.range_with_meta(&req.range, limit).await?
+                    && limit.is_none_or(|n| (kvs.len() as i64) < n)
+                {
+                    let count = kvs.len() as i64;
+                    return Ok((range::finish(kvs, count, o), meta.revision));
+                }
+            }
+            let mut tx = self.db.begin_read().await?;
+            let meta = tx.read_meta().await?;
+            let at = ReadPoint {
+                current: meta.revision,
+                compact: meta.compact_revision,
+            };
+            let result = range::range(&mut tx, req, at).await;
+            tx.commit().await?;
+            Ok((result?, meta.revision))
+        })
+        .await
+    }
+
+    /// Submits a write; answers its output and the store revision after
+    /// it. On timeout the write may still commit later, as with etcd's
+    /// "request timed out".
+    pub async fn write<W: Write>(&self, req: W) -> Result<(W::Output, Revision)> {
+        self.bounded(self.writer.submit(req)).await
+    }
+
+    /// The current and compact revisions.
+    pub async fn meta(&self) -> Result<Meta> {
+        self.bounded(self.db.meta()).await
+    }
+
+    /// The database's size in bytes.
+    pub async fn db_size(&self) -> Result<i64> {
+        self.bounded(self.db.size_bytes()).await
+    }
+
+    /// The cluster id chosen when the database was created.
+    pub async fn cluster_id(&self) -> Result<u64> {
+        self.bounded(self.db.cluster_id()).await
+    }
+
+    /// A lease and its keys (TimeToLive).
+    pub async fn lease(&self, id: LeaseId) -> Result<LeaseInfo> {
+        self.bounded(async {
+            let mut tx = self.db.begin_read().await?;
+            let meta = tx.read_meta().await?;
+            let lease = tx.lease_get(id).await?;
+            let keys = match lease {
+                Some(_) => tx
+                    .keys_with_lease(id)
+                    .await?
+                    .into_iter()
+                    .map(|kv| kv.key)
+                    .collect(),
+                None => Vec::new(),
+            };
+            tx.commit().await?;
+            Ok(LeaseInfo {
+                lease,
+                keys,
+                revision: meta.revision,
+            })
+        })
+        .await
+    }
+
+    /// Every lease, with the store revision.
+    pub async fn leases(&self) -> Result<(Vec<LeaseRow>, Revision)> {
+        self.bounded(async {
+            let mut tx = self.db.begin_read().await?;
+            let meta = tx.read_meta().await?;
+            let leases = tx.lease_list().await?;
+            tx.commit().await?;
+            Ok((leases, meta.revision))
+        })
+        .await
+    }
+
+    /// Up to `limit` leases whose expiry has passed.
+    async fn expired_leases(&self, limit: i64) -> Result<Vec<LeaseId>> {
+        self.bounded(async {
+            let mut tx = self.db.begin_read().await?;
+            let ids = tx.leases_expired(limit).await?;
+            tx.commit().await?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    /// The log in `(after, upto]`, or `Err(compact revision)` when
+    /// compaction has removed part of it.
+    async fn log_after(
+        &self,
+        after: Revision,
+        upto: Revision,
+    ) -> Result<Result<Vec<LoggedChange>, Revision>> {
+        self.bounded(async {
+            let mut tx = self.db.begin_read().await?;
+            let meta = tx.read_meta().await?;
+            let result = if after + 1 < meta.compact_revision {
+                Err(meta.compact_revision)
+            } else {
+                Ok(tx.changes(after, upto).await?)
+            };
+            tx.commit().await?;
+            Ok(result)
+        })
+        .await
+    }
+
+    /// Removes the log rows below the compact revision. Not bounded by the
+    /// request timeout: it runs as long as the rows take, in small
+    /// transactions (as etcd's physical compaction does).
+    pub async fn compact_physically(&self) -> Result<()> {
+        compact::remove_unreachable(&self.db, &self.compacting).await
+    }
+
+    /// A new client watch stream.
+    pub fn watch_stream(&self) -> WatchStream {
+        WatchStream::new(self.clone())
+    }
+
+    /// The newest revision published to watchers.
+    pub fn published_revision(&self) -> Revision {
+        self.hub.latest()
+    }
+
+    /// Committed revisions not yet published to this instance's watchers
+    /// (other instances' writes not yet followed).
+    pub async fn watch_lag(&self) -> Result<i64> {
+        let published = self.hub.latest();
+        Ok((self.meta().await?.revision - published).max(0))
+    }
+
+    /// False once the writer has stopped.
+    pub fn writer_running(&self) -> bool {
+        self.writer.is_running()
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}

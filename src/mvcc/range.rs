@@ -2,10 +2,9 @@
 //! count. Used both by plain reads and by Range ops inside a Txn.
 
 use crate::error::{Error, Result};
-use crate::mvcc::types::{
-    KeyValue, RangeOptions, RangeRequest, RangeResult, Revision, SortOrder, SortTarget,
-};
+use crate::mvcc::request::{RangeOptions, RangeRequest, RangeResult, SortOrder, SortTarget};
 use crate::sql::DbTx;
+use crate::types::{KeyValue, Revision};
 
 /// The revisions a read is resolved against.
 #[derive(Debug, Clone, Copy)]
@@ -122,5 +121,103 @@ fn sort(kvs: &mut [KeyValue], o: &RangeOptions) {
     match order {
         SortOrder::Descend => kvs.sort_by_key(|kv| std::cmp::Reverse(key(kv))),
         _ => kvs.sort_by_key(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn kv(key: &str, create: i64, modified: i64, version: i64, value: &str) -> KeyValue {
+        KeyValue {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            create_revision: create,
+            mod_revision: modified,
+            version,
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            lease: 0,
+        }
+    }
+
+    fn keys(r: &RangeResult) -> Vec<&str> {
+        r.kvs
+            .iter()
+            .map(|kv| std::str::from_utf8(&kv.key).unwrap())
+            .collect()
+    }
+
+    fn data() -> Vec<KeyValue> {
+        vec![
+            kv("a", 5, 9, 3, "zz"),
+            kv("b", 2, 2, 1, "yy"),
+            kv("c", 7, 8, 2, "xx"),
+        ]
+    }
+
+    #[test]
+    fn limit_truncates_and_says_more_but_count_is_the_total() {
+        let o = RangeOptions {
+            limit: 2,
+            ..Default::default()
+        };
+        let r = finish(data(), 3, &o);
+        assert_eq!(keys(&r), ["a", "b"]);
+        assert!(r.more);
+        assert_eq!(r.count, 3);
+        let o = RangeOptions {
+            limit: 3,
+            ..Default::default()
+        };
+        assert!(!finish(data(), 3, &o).more);
+        // A fetch needs one row more than the limit to tell `more`; none
+        // when sorting or filtering happens after the fetch.
+        assert_eq!(fetch_limit(&o), Some(4));
+        let sorted = RangeOptions {
+            sort_order: SortOrder::Descend,
+            ..o.clone()
+        };
+        assert_eq!(fetch_limit(&sorted), None);
+    }
+
+    #[test]
+    fn sort_follows_etcd() {
+        let by = |target, order| RangeOptions {
+            sort_target: target,
+            sort_order: order,
+            ..Default::default()
+        };
+        let r = finish(data(), 3, &by(SortTarget::Key, SortOrder::Descend));
+        assert_eq!(keys(&r), ["c", "b", "a"]);
+        // A target other than the key with no order sorts ascending.
+        let r = finish(data(), 3, &by(SortTarget::Mod, SortOrder::None));
+        assert_eq!(keys(&r), ["b", "c", "a"]);
+        let r = finish(data(), 3, &by(SortTarget::Create, SortOrder::Descend));
+        assert_eq!(keys(&r), ["c", "a", "b"]);
+        let r = finish(data(), 3, &by(SortTarget::Version, SortOrder::Ascend));
+        assert_eq!(keys(&r), ["b", "c", "a"]);
+        let r = finish(data(), 3, &by(SortTarget::Value, SortOrder::Ascend));
+        assert_eq!(keys(&r), ["c", "b", "a"]);
+        // Sorting happens before the limit: the top of the sorted list.
+        let o = RangeOptions {
+            limit: 1,
+            ..by(SortTarget::Mod, SortOrder::Descend)
+        };
+        assert_eq!(keys(&finish(data(), 3, &o)), ["a"]);
+    }
+
+    #[test]
+    fn filters_and_keys_only() {
+        let o = RangeOptions {
+            min_mod_revision: 8,
+            max_create_revision: 6,
+            keys_only: true,
+            ..Default::default()
+        };
+        let r = finish(data(), 3, &o);
+        assert_eq!(keys(&r), ["a"]);
+        assert!(r.kvs[0].value.is_empty());
+        // count is the unfiltered total, as etcd reports it.
+        assert_eq!(r.count, 3);
     }
 }

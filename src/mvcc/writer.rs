@@ -1,37 +1,104 @@
-//! The group-commit writer (DESIGN decision 5). One task per instance takes
-//! every waiting write request, applies them in one database transaction —
-//! each request its own revision — commits once, then answers them and hands
-//! the events to the watch hub. If the batch fails as a whole, each request
-//! is retried alone so that one bad request cannot fail its neighbours.
+//! The group-commit writer. One task per instance takes every waiting write
+//! request, applies them in one database transaction — each request its own
+//! revision — commits once, then answers them and hands the events to the
+//! watch hub. One fsync serves many writers.
+//!
+//! Every write transaction first locks the meta row (`SELECT … FOR UPDATE`;
+//! SQLite's `BEGIN IMMEDIATE`), so writers of several instances on one
+//! database take turns and the revisions they assign are dense and in
+//! commit order.
+//!
+//! If the batch fails as a whole, each request is retried alone so that one
+//! bad request cannot fail its neighbours. What a request does lives with
+//! it (the [`Write`] implementations in `apply.rs`, `lease.rs` and
+//! `compact.rs`); this file only batches, commits and answers.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::mvcc::apply::{self, BatchState};
-use crate::mvcc::tail::Feed;
-use crate::mvcc::types::{Revision, WriteRequest, WriteResult};
+use crate::mvcc::apply::BatchState;
+use crate::mvcc::feed::Feed;
 use crate::sql::{Db, DbTx};
+use crate::types::Revision;
 
 /// Most requests per transaction.
 const MAX_BATCH: usize = 256;
-/// Largest TTL etcd accepts for a lease (seconds).
-pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
-/// A write's answer: its result and the store revision after it.
-pub type WriteReply = Result<(WriteResult, Revision)>;
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
-struct Pending {
-    req: WriteRequest,
-    reply: oneshot::Sender<WriteReply>,
+/// A write request: what it does inside the batch transaction, and its
+/// own typed answer.
+pub trait Write: Send + Sync + 'static {
+    type Output: Send + 'static;
+
+    /// Applies the request to `tx` and `state`. A request error (etcd's
+    /// "lease not found", …) must be raised before the request writes
+    /// anything; a database error fails the whole batch.
+    fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState)
+    -> BoxFut<'a, Self::Output>;
+}
+
+/// Settings the requests read while applying.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteSettings {
+    /// Shortest lease TTL granted (etcd: 2 s).
+    pub min_lease_ttl: i64,
+}
+
+/// A queued request with its answer slot, type-erased for the queue.
+trait Job: Send {
+    /// Applies the request; `Err` is a database failure that aborts the
+    /// batch (the request's own errors are kept as its outcome).
+    fn apply<'a>(&'a mut self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, ()>;
+    /// Forgets the outcome of a batch that did not commit.
+    fn reset(&mut self);
+    /// Sends the outcome, or `failure` when the batch failed.
+    fn answer(self: Box<Self>, failure: Option<Error>);
+}
+
+type Reply<T> = oneshot::Sender<Result<(T, Revision)>>;
+
+struct Pending<W: Write> {
+    req: W,
+    outcome: Option<Result<(W::Output, Revision)>>,
+    reply: Reply<W::Output>,
+}
+
+impl<W: Write> Job for Pending<W> {
+    fn apply<'a>(&'a mut self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            match self.req.apply(tx, state).await {
+                Ok(out) => self.outcome = Some(Ok((out, state.revision))),
+                Err(e) if e.fails_batch() => return Err(e),
+                Err(e) => self.outcome = Some(Err(e)),
+            }
+            Ok(())
+        })
+    }
+
+    fn reset(&mut self) {
+        self.outcome = None;
+    }
+
+    fn answer(self: Box<Self>, failure: Option<Error>) {
+        let result = match (failure, self.outcome) {
+            (Some(e), _) => Err(e),
+            (None, Some(outcome)) => outcome,
+            (None, None) => Err(Error::Internal("write request was not applied".into())),
+        };
+        let _ = self.reply.send(result);
+    }
 }
 
 /// Handle for submitting writes.
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::Sender<Box<dyn Job>>,
 }
 
 impl Writer {
@@ -39,14 +106,14 @@ impl Writer {
     pub fn spawn(
         db: Db,
         feed: Arc<Feed>,
-        min_lease_ttl: i64,
+        settings: WriteSettings,
         metrics: Arc<Metrics>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(4096);
         let task = WriterTask {
             db,
             feed,
-            min_lease_ttl,
+            settings,
             metrics,
         };
         let handle = tokio::spawn(task.run(rx));
@@ -58,12 +125,16 @@ impl Writer {
         !self.queue.is_closed()
     }
 
-    pub async fn submit(&self, req: WriteRequest) -> WriteReply {
+    /// Queues `req` and waits for its answer: its output and the store
+    /// revision after it.
+    pub async fn submit<W: Write>(&self, req: W) -> Result<(W::Output, Revision)> {
         let (reply, rx) = oneshot::channel();
-        self.queue
-            .send(Pending { req, reply })
-            .await
-            .map_err(|_| Error::Stopped)?;
+        let job = Box::new(Pending {
+            req,
+            outcome: None,
+            reply,
+        });
+        self.queue.send(job).await.map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?
     }
 }
@@ -72,35 +143,28 @@ struct WriterTask {
     db: Db,
     metrics: Arc<Metrics>,
     feed: Arc<Feed>,
-    min_lease_ttl: i64,
+    settings: WriteSettings,
 }
 
 impl WriterTask {
-    async fn run(self, mut rx: mpsc::Receiver<Pending>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+    async fn run(self, mut rx: mpsc::Receiver<Box<dyn Job>>) {
+        let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let reqs: Vec<&WriteRequest> = batch.iter().map(|p| &p.req).collect();
-            match self.commit(&reqs).await {
-                Ok(replies) => {
-                    for (p, r) in batch.drain(..).zip(replies) {
-                        let _ = p.reply.send(r);
-                    }
-                }
+            match self.commit(&mut batch).await {
+                Ok(()) => batch.drain(..).for_each(|job| job.answer(None)),
                 Err(e) if batch.len() == 1 => {
-                    if let Some(p) = batch.pop() {
-                        let _ = p.reply.send(Err(e));
+                    if let Some(job) = batch.pop() {
+                        job.answer(Some(e));
                     }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, size = batch.len(), "batch failed, retrying one by one");
-                    for p in batch.drain(..) {
-                        let r = match self.commit(&[&p.req]).await {
-                            Ok(mut replies) => replies
-                                .pop()
-                                .unwrap_or_else(|| Err(Error::Internal("no reply".into()))),
-                            Err(e) => Err(e),
-                        };
-                        let _ = p.reply.send(r);
+                    for mut job in batch.drain(..) {
+                        job.reset();
+                        let mut one = [job];
+                        let failure = self.commit(&mut one).await.err();
+                        let [job] = one;
+                        job.answer(failure);
                     }
                 }
             }
@@ -108,13 +172,14 @@ impl WriterTask {
         tracing::debug!("writer stopped");
     }
 
-    /// Applies `reqs` in one transaction. `Err` means nothing was committed;
-    /// `Ok` holds each request's own outcome.
-    async fn commit(&self, reqs: &[&WriteRequest]) -> Result<Vec<WriteReply>> {
+    /// Applies `jobs` in one transaction and commits it. `Ok`: committed,
+    /// each job holds its own outcome. `Err`: the transaction failed; when
+    /// COMMIT itself failed, whether it took effect is unknown.
+    async fn commit(&self, jobs: &mut [Box<dyn Job>]) -> Result<()> {
         let began = std::time::Instant::now();
         let mut tx = self.db.begin_write().await?;
-        match self.apply_all(&mut tx, reqs).await {
-            Ok((state, replies)) => {
+        match self.apply_all(&mut tx, jobs).await {
+            Ok(state) => {
                 let committing = std::time::Instant::now();
                 tx.commit().await?;
                 self.metrics
@@ -123,10 +188,10 @@ impl WriterTask {
                 self.metrics
                     .txn_seconds
                     .observe(began.elapsed().as_secs_f64());
-                self.metrics.batch_size.observe(reqs.len() as f64);
+                self.metrics.batch_size.observe(jobs.len() as f64);
                 self.feed.hub.compacted(state.compact);
                 self.feed.publish_local(state.events).await;
-                Ok(replies)
+                Ok(())
             }
             Err(e) => {
                 let _ = tx.rollback().await;
@@ -135,29 +200,12 @@ impl WriterTask {
         }
     }
 
-    async fn apply_all(
-        &self,
-        tx: &mut DbTx,
-        reqs: &[&WriteRequest],
-    ) -> Result<(BatchState, Vec<WriteReply>)> {
+    async fn apply_all(&self, tx: &mut DbTx, jobs: &mut [Box<dyn Job>]) -> Result<BatchState> {
         let meta = tx.lock_meta().await?;
         let start = meta.revision;
-        let mut state = BatchState {
-            revision: meta.revision,
-            compact: meta.compact_revision,
-            ..BatchState::default()
-        };
-        let mut replies = Vec::with_capacity(reqs.len());
-        for req in reqs {
-            match self.apply_one(tx, &mut state, req).await {
-                Ok(r) => replies.push(Ok((r, state.revision))),
-                // Database failures abort the batch; request errors are
-                // raised before the request writes anything.
-                Err(e @ (Error::Unavailable(_) | Error::Database(_) | Error::Internal(_))) => {
-                    return Err(e);
-                }
-                Err(e) => replies.push(Err(e)),
-            }
+        let mut state = BatchState::new(meta, self.settings);
+        for job in jobs.iter_mut() {
+            job.apply(tx, &mut state).await?;
         }
         state.cache.flush(tx).await?;
         state.flush_log(tx).await?;
@@ -165,81 +213,79 @@ impl WriterTask {
             tx.set_revision(state.revision).await?;
             tx.notify(state.revision).await?;
         }
-        Ok((state, replies))
-    }
-
-    async fn apply_one(
-        &self,
-        tx: &mut DbTx,
-        state: &mut BatchState,
-        req: &WriteRequest,
-    ) -> Result<WriteResult> {
-        Ok(match req {
-            WriteRequest::Put(p) => WriteResult::Put(apply::put(tx, state, p).await?),
-            WriteRequest::Delete(d) => WriteResult::Delete(apply::delete(tx, state, d).await?),
-            WriteRequest::Txn(t) => WriteResult::Txn(apply::txn(tx, state, t).await?),
-            WriteRequest::Compact { revision } => {
-                if *revision <= state.compact {
-                    return Err(Error::Compacted {
-                        required: *revision,
-                        compacted: state.compact,
-                    });
-                }
-                if *revision > state.revision {
-                    return Err(Error::FutureRevision {
-                        required: *revision,
-                        current: state.revision,
-                    });
-                }
-                tx.set_compact_revision(*revision).await?;
-                state.compact = *revision;
-                WriteResult::Compact
-            }
-            WriteRequest::LeaseGrant { id, ttl } => {
-                if *ttl > MAX_LEASE_TTL {
-                    return Err(Error::LeaseTtlTooLarge);
-                }
-                if tx.lease_get(*id).await?.is_some() {
-                    return Err(Error::LeaseExists(*id));
-                }
-                let ttl = (*ttl).max(self.min_lease_ttl);
-                tx.lease_insert(*id, ttl).await?;
-                WriteResult::LeaseGrant { id: *id, ttl }
-            }
-            WriteRequest::LeaseRevoke { id } => {
-                if tx.lease_get(*id).await?.is_none() {
-                    return Err(Error::LeaseNotFound(*id));
-                }
-                revoke(tx, state, *id).await?;
-                WriteResult::LeaseRevoke
-            }
-            WriteRequest::LeaseKeepAlive { id } => match tx.lease_get(*id).await? {
-                Some(lease) if lease.remaining_ms > 0 => {
-                    tx.lease_refresh(*id).await?;
-                    WriteResult::LeaseKeepAlive { ttl: lease.ttl }
-                }
-                _ => WriteResult::LeaseKeepAlive { ttl: 0 },
-            },
-            WriteRequest::LeaseExpire { ids } => {
-                for id in ids {
-                    // Re-check: a keepalive may have landed since the scan.
-                    if let Some(lease) = tx.lease_get(*id).await?
-                        && lease.remaining_ms <= 0
-                    {
-                        revoke(tx, state, *id).await?;
-                    }
-                }
-                WriteResult::LeaseExpire
-            }
-        })
+        Ok(state)
     }
 }
 
-/// Deletes a lease and its keys; the keys go in one revision.
-async fn revoke(tx: &mut DbTx, state: &mut BatchState, id: i64) -> Result<()> {
-    state.cache.flush(tx).await?;
-    let keys = tx.keys_with_lease(id).await?;
-    apply::delete_keys(state, &keys);
-    tx.lease_delete(id).await?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::lease::Revoke;
+    use crate::mvcc::request::PutRequest;
+    use crate::mvcc::{Store, test_store};
+
+    /// A request whose database work fails: the batch it is in fails.
+    struct Broken;
+
+    impl Write for Broken {
+        type Output = ();
+        fn apply<'a>(&'a self, _: &'a mut DbTx, _: &'a mut BatchState) -> BoxFut<'a, ()> {
+            Box::pin(async { Err(Error::Internal("injected failure".into())) })
+        }
+    }
+
+    fn put(i: usize) -> PutRequest {
+        PutRequest {
+            key: format!("k{i}").into(),
+            value: "v".into(),
+            lease: 0,
+            prev_kv: false,
+            ignore_value: false,
+            ignore_lease: false,
+        }
+    }
+
+    /// Submits `n` puts with `other` in the middle, all queued before the
+    /// writer runs again (one thread), so they reach it as one batch.
+    async fn batch_with<W: Write>(
+        store: &Store,
+        n: usize,
+        other: W,
+    ) -> (Vec<Revision>, Result<(W::Output, Revision)>) {
+        let mut puts = Vec::new();
+        for i in 0..n {
+            let s = store.clone();
+            puts.push(tokio::spawn(async move { s.write(put(i)).await }));
+        }
+        let s = store.clone();
+        let other = tokio::spawn(async move { s.write(other).await });
+        let mut revisions = Vec::new();
+        for p in puts {
+            revisions.push(p.await.unwrap().expect("put").1);
+        }
+        revisions.sort();
+        (revisions, other.await.unwrap())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_error_fails_only_that_request() {
+        let store = test_store().await;
+        let (revisions, revoke) = batch_with(&store, 5, Revoke { id: 99 }).await;
+        assert!(matches!(revoke, Err(Error::LeaseNotFound(99))));
+        assert_eq!(revisions, vec![2, 3, 4, 5, 6]);
+        let batches = store.metrics.batch_size.get_sample_count();
+        let requests = store.metrics.batch_size.get_sample_sum();
+        assert_eq!((batches, requests), (1, 6.0), "one transaction for all six");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_batch_is_retried_request_by_request() {
+        let store = test_store().await;
+        let (revisions, broken) = batch_with(&store, 5, Broken).await;
+        assert!(matches!(broken, Err(Error::Internal(_))), "{broken:?}");
+        // Every put committed once, alone, with dense revisions.
+        assert_eq!(revisions, vec![2, 3, 4, 5, 6]);
+        assert_eq!(store.meta().await.unwrap().revision, 6);
+        assert_eq!(store.metrics.batch_size.get_sample_count(), 5);
+    }
 }

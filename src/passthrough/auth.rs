@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::upstream::{Retry, Upstream};
@@ -12,18 +11,12 @@ use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::auth_client::AuthClient;
 use crate::proto::etcdserverpb::auth_server::Auth;
 
-fn auth(channel: Channel) -> AuthClient<Channel> {
-    AuthClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
-}
-
 pub struct AuthProxy {
     pub up: Arc<Upstream>,
 }
 
 relay_impl! {
-    Auth, AuthProxy, auth;
+    Auth, AuthProxy, AuthClient;
     {}
     auth_enable(pb::AuthEnableRequest) -> pb::AuthEnableResponse, Retry::IfUnsent;
     auth_disable(pb::AuthDisableRequest) -> pb::AuthDisableResponse, Retry::IfUnsent;

@@ -4,19 +4,12 @@
 
 use std::sync::Arc;
 
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::upstream::{Retry, Upstream};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::cluster_client::ClusterClient;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
-
-fn cluster(channel: Channel) -> ClusterClient<Channel> {
-    ClusterClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
-}
 
 pub struct ClusterProxy {
     pub up: Arc<Upstream>,
@@ -27,7 +20,7 @@ pub struct ClusterProxy {
 }
 
 relay_impl! {
-    Cluster, ClusterProxy, cluster;
+    Cluster, ClusterProxy, ClusterClient;
     {
         /// etcd's answer (so its errors and header come through), with the
         /// member list replaced by Koine, under the id of the etcd member
@@ -39,7 +32,7 @@ relay_impl! {
             let resp = self
                 .up
                 .unary(req, Retry::Always, |ch, r| async move {
-                    cluster(ch).member_list(r).await
+                    unlimited!(ClusterClient, ch).member_list(r).await
                 })
                 .await?
                 .into_inner();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 use tonic::Request;
 
@@ -16,6 +16,7 @@ use super::upstream::{Retry, Upstream};
 use crate::metrics::Metrics;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use crate::serve::{json, prometheus, text};
 
 #[derive(Clone)]
 struct Http {
@@ -31,19 +32,6 @@ pub fn routes(up: Arc<Upstream>, metrics: Arc<Metrics>) -> Router {
         .route("/version", get(version))
         .route("/metrics", get(metrics_text))
         .with_state(Http { up, metrics })
-}
-
-fn json(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-fn text(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
 }
 
 /// etcd's Status through the current endpoint; an error text when no
@@ -113,13 +101,5 @@ async fn version(State(s): State<Http>) -> Response {
 }
 
 async fn metrics_text(State(s): State<Http>) -> Response {
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
-        .into_response()
+    prometheus(&s.metrics)
 }

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::relay::ClientStream;
@@ -15,12 +14,6 @@ use crate::proto::etcdserverpb::{self as pb, request_op};
 
 pub struct KvProxy {
     pub up: Arc<Upstream>,
-}
-
-fn client(channel: Channel) -> KvClient<Channel> {
-    KvClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
 }
 
 /// Whether a Txn can only read, whichever branch runs.
@@ -36,7 +29,7 @@ fn read_only(t: &pb::TxnRequest) -> bool {
 }
 
 relay_impl! {
-    Kv, KvProxy, client;
+    Kv, KvProxy, KvClient;
     {
         async fn txn(
             &self,
@@ -48,7 +41,7 @@ relay_impl! {
                 Retry::IfUnsent
             };
             self.up
-                .unary(req, retry, |ch, r| async move { client(ch).txn(r).await })
+                .unary(req, retry, |ch, r| async move { unlimited!(KvClient, ch).txn(r).await })
                 .await
         }
 
@@ -60,7 +53,7 @@ relay_impl! {
             req: Request<pb::RangeRequest>,
         ) -> Result<Response<Self::RangeStreamStream>, Status> {
             self.up
-                .server_stream(req, |ch, r| async move { client(ch).range_stream(r).await })
+                .server_stream(req, |ch, r| async move { unlimited!(KvClient, ch).range_stream(r).await })
                 .await
         }
     }

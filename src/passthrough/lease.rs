@@ -21,73 +21,29 @@ pub struct LeaseProxy {
     pub shutdown: CancellationToken,
 }
 
-fn client(channel: Channel) -> LeaseClient<Channel> {
-    LeaseClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
-}
+relay_impl! {
+    Lease, LeaseProxy, LeaseClient;
+    {
+        type LeaseKeepAliveStream = ClientStream<pb::LeaseKeepAliveResponse>;
 
-#[tonic::async_trait]
-impl Lease for LeaseProxy {
-    async fn lease_grant(
-        &self,
-        req: Request<pb::LeaseGrantRequest>,
-    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
-        self.up
-            .unary(req, Retry::IfUnsent, |ch, r| async move {
-                client(ch).lease_grant(r).await
-            })
-            .await
+        async fn lease_keep_alive(
+            &self,
+            req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+        ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+            let (meta, _, inbound) = req.into_parts();
+            Ok(Response::new(relay::start(
+                KeepAlives::default(),
+                self.up.clone(),
+                &meta,
+                inbound,
+                self.shutdown.clone(),
+            )))
+        }
     }
-
-    async fn lease_revoke(
-        &self,
-        req: Request<pb::LeaseRevokeRequest>,
-    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        self.up
-            .unary(req, Retry::IfUnsent, |ch, r| async move {
-                client(ch).lease_revoke(r).await
-            })
-            .await
-    }
-
-    type LeaseKeepAliveStream = ClientStream<pb::LeaseKeepAliveResponse>;
-
-    async fn lease_keep_alive(
-        &self,
-        req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
-    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let (meta, _, inbound) = req.into_parts();
-        Ok(Response::new(relay::start(
-            KeepAlives::default(),
-            self.up.clone(),
-            &meta,
-            inbound,
-            self.shutdown.clone(),
-        )))
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        req: Request<pb::LeaseTimeToLiveRequest>,
-    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
-        self.up
-            .unary(req, Retry::Always, |ch, r| async move {
-                client(ch).lease_time_to_live(r).await
-            })
-            .await
-    }
-
-    async fn lease_leases(
-        &self,
-        req: Request<pb::LeaseLeasesRequest>,
-    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
-        self.up
-            .unary(req, Retry::Always, |ch, r| async move {
-                client(ch).lease_leases(r).await
-            })
-            .await
-    }
+    lease_grant(pb::LeaseGrantRequest) -> pb::LeaseGrantResponse, Retry::IfUnsent;
+    lease_revoke(pb::LeaseRevokeRequest) -> pb::LeaseRevokeResponse, Retry::IfUnsent;
+    lease_time_to_live(pb::LeaseTimeToLiveRequest) -> pb::LeaseTimeToLiveResponse, Retry::Always;
+    lease_leases(pb::LeaseLeasesRequest) -> pb::LeaseLeasesResponse, Retry::Always;
 }
 
 /// Keepalives sent to etcd and not answered yet, oldest first (etcd
@@ -105,7 +61,7 @@ impl Relay for KeepAlives {
         channel: Channel,
         req: Request<Upstreams<pb::LeaseKeepAliveRequest>>,
     ) -> Opening<pb::LeaseKeepAliveResponse> {
-        Box::pin(async move { client(channel).lease_keep_alive(req).await })
+        Box::pin(async move { unlimited!(LeaseClient, channel).lease_keep_alive(req).await })
     }
 
     fn on_client(

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::relay::ClientStream;
@@ -12,18 +11,12 @@ use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 
-fn maintenance(channel: Channel) -> MaintenanceClient<Channel> {
-    MaintenanceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
-}
-
 pub struct MaintenanceProxy {
     pub up: Arc<Upstream>,
 }
 
 relay_impl! {
-    Maintenance, MaintenanceProxy, maintenance;
+    Maintenance, MaintenanceProxy, MaintenanceClient;
     {
         async fn alarm(
             &self,
@@ -35,7 +28,7 @@ relay_impl! {
                 Retry::IfUnsent
             };
             self.up
-                .unary(req, retry, |ch, r| async move { maintenance(ch).alarm(r).await })
+                .unary(req, retry, |ch, r| async move { unlimited!(MaintenanceClient, ch).alarm(r).await })
                 .await
         }
 
@@ -47,7 +40,7 @@ relay_impl! {
             req: Request<pb::SnapshotRequest>,
         ) -> Result<Response<Self::SnapshotStream>, Status> {
             self.up
-                .server_stream(req, |ch, r| async move { maintenance(ch).snapshot(r).await })
+                .server_stream(req, |ch, r| async move { unlimited!(MaintenanceClient, ch).snapshot(r).await })
                 .await
         }
     }

@@ -12,8 +12,19 @@
 //! watch resume (same ids, from the revision after the last delivered),
 //! `lease` the keepalive resume.
 
+/// A generated client (`$client`, e.g. `KvClient`) on `$channel` with no
+/// message size limit of its own: etcd enforces its limits and answers
+/// with its own error texts.
+macro_rules! unlimited {
+    ($client:ident, $channel:expr) => {
+        $client::new($channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    };
+}
+
 /// Implements `$service` for `$proxy` by relaying each listed unary call
-/// through `$client` with its retry rule; the braces hold the rest.
+/// through a `$client` with its retry rule; the braces hold the rest.
 macro_rules! relay_impl {
     (
         $service:path, $proxy:ty, $client:ident;
@@ -29,7 +40,7 @@ macro_rules! relay_impl {
                 ) -> Result<Response<$resp>, Status> {
                     self.up
                         .unary(req, $retry, |ch, r| async move {
-                            $client(ch).$method(r).await
+                            unlimited!($client, ch).$method(r).await
                         })
                         .await
                 }
@@ -77,14 +88,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let up = Arc::new(Upstream::new(&endpoints, &config)?);
-    let tls = crate::server_tls(&config)?;
-    let client_url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
+    let client_url = format!("{}://{local}", crate::serve::scheme(&config));
     let cancel = CancellationToken::new();
     let metrics = crate::metrics::Metrics::new();
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
 
     let grpc = tonic::service::Routes::new(
         KvServer::new(kv::KvProxy { up: up.clone() })
@@ -123,13 +129,14 @@ pub async fn serve(
         AuthServer::new(auth::AuthProxy { up: up.clone() })
             .max_decoding_message_size(MAX_CLIENT_MESSAGE),
     )
-    .add_service(health_service);
+    .add_service(crate::serve::grpc_health().await);
     let routes = tonic::service::Routes::from(
         grpc.into_axum_router()
             .merge(http::routes(up.clone(), metrics.clone())),
     );
     tracing::info!(address = %local, etcd = ?endpoints, "serving etcd API in passthrough mode");
-    crate::serve_routes(routes, tls, metrics, listener, shutdown, cancel.clone()).await?;
+    crate::serve::serve_routes(routes, &config, metrics, listener, shutdown, cancel.clone())
+        .await?;
     cancel.cancel();
     Ok(())
 }

@@ -177,10 +177,6 @@ impl Upstream {
         self.members.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     /// The endpoint new calls and streams start on.
     pub fn current(&self) -> usize {
         self.current.load(Ordering::Relaxed) % self.members.len()

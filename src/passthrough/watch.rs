@@ -141,13 +141,7 @@ impl Relay for Watches {
         channel: Channel,
         req: Request<Upstreams<pb::WatchRequest>>,
     ) -> Opening<pb::WatchResponse> {
-        Box::pin(async move {
-            WatchClient::new(channel)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX)
-                .watch(req)
-                .await
-        })
+        Box::pin(async move { unlimited!(WatchClient, channel).watch(req).await })
     }
 
     fn on_client(

@@ -2,11 +2,12 @@
 //! (`checkRangeRequest`, `checkPutRequest`, `checkTxnRequest`, …).
 
 use crate::error::Error;
-use crate::mvcc::apply::check_intervals;
-use crate::mvcc::types as t;
+use crate::mvcc::check_intervals;
+use crate::mvcc::request as t;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::mvccpb;
 use crate::server::Shared;
+use crate::types::{KeyRange, KeyValue};
 
 pub fn range(r: pb::RangeRequest) -> Result<t::RangeRequest, Error> {
     if r.key.is_empty() {
@@ -27,7 +28,7 @@ pub fn range(r: pb::RangeRequest) -> Result<t::RangeRequest, Error> {
         Err(_) => return Err(Error::InvalidSortOption),
     };
     Ok(t::RangeRequest {
-        range: t::KeyRange::from_etcd(&r.key, &r.range_end),
+        range: KeyRange::from_etcd(&r.key, &r.range_end),
         options: t::RangeOptions {
             limit: r.limit,
             revision: r.revision,
@@ -68,7 +69,7 @@ pub fn delete(r: pb::DeleteRangeRequest) -> Result<t::DeleteRequest, Error> {
         return Err(Error::EmptyKey);
     }
     Ok(t::DeleteRequest {
-        range: t::KeyRange::from_etcd(&r.key, &r.range_end),
+        range: KeyRange::from_etcd(&r.key, &r.range_end),
         prev_kv: r.prev_kv,
     })
 }
@@ -156,7 +157,7 @@ fn compare(c: pb::Compare) -> t::Compare {
     }
 }
 
-pub fn kv(kv: t::KeyValue) -> mvccpb::KeyValue {
+pub fn kv(kv: KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
         key: kv.key,
         create_revision: kv.create_revision,

@@ -3,10 +3,11 @@
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 
+use crate::serve::{json, prometheus, text};
 use crate::server::SharedRef;
 
 pub fn routes(shared: SharedRef) -> Router {
@@ -17,22 +18,6 @@ pub fn routes(shared: SharedRef) -> Router {
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .with_state(shared)
-}
-
-fn text(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-fn json(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Whether the database answers a read; the failure text otherwise.
@@ -98,7 +83,7 @@ async fn checks(
             continue;
         }
         let result = if *writer {
-            if s.store.writer.is_running() {
+            if s.store.writer_running() {
                 Ok(())
             } else {
                 Err("writer stopped".to_string())
@@ -133,22 +118,13 @@ async fn version(State(s): State<SharedRef>) -> Response {
 }
 
 async fn metrics(State(s): State<SharedRef>) -> Response {
-    if let Ok(size) = s.store.db.size_bytes().await {
+    if let Ok(size) = s.store.db_size().await {
         s.metrics.db_size.set(size);
     }
     let _ = database_check(&s).await;
-    let published = s.store.hub.latest();
-    s.metrics.revision.set(published);
-    if let Ok(meta) = s.store.db.meta().await {
-        s.metrics.watch_lag.set((meta.revision - published).max(0));
+    s.metrics.revision.set(s.store.published_revision());
+    if let Ok(lag) = s.store.watch_lag().await {
+        s.metrics.watch_lag.set(lag);
     }
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
-        .into_response()
+    prometheus(&s.metrics)
 }

@@ -8,17 +8,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::mvcc::types::{self as t, SortOrder, SortTarget, WriteRequest, WriteResult};
+use crate::mvcc::Compact;
+use crate::mvcc::request::{self as t, SortOrder, SortTarget};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::server::{SharedRef, convert};
 
 pub struct KvService {
     pub shared: SharedRef,
-}
-
-fn unexpected(r: WriteResult) -> Status {
-    Status::internal(format!("koine: unexpected write result {r:?}"))
 }
 
 type RangeChunks = Pin<Box<dyn Stream<Item = Result<pb::RangeStreamResponse, Status>> + Send>>;
@@ -103,7 +100,7 @@ impl Kv for KvService {
                     let mut count = sent;
                     if let Some(from) = &next_key {
                         let rest = t::RangeRequest {
-                            range: t::KeyRange {
+                            range: crate::types::KeyRange {
                                 start: from.clone(),
                                 end: req.range.end.clone(),
                             },
@@ -168,11 +165,8 @@ impl Kv for KvService {
         let s = &self.shared;
         let req = req.into_inner();
         s.limits.check_size(&req)?;
-        let req = convert::put(req)?;
-        match s.store.write(WriteRequest::Put(req)).await? {
-            (WriteResult::Put(r), rev) => Ok(Response::new(convert::put_response(s, r, rev))),
-            (other, _) => Err(unexpected(other)),
-        }
+        let (r, rev) = s.store.write(convert::put(req)?).await?;
+        Ok(Response::new(convert::put_response(s, r, rev)))
     }
 
     async fn delete_range(
@@ -182,22 +176,19 @@ impl Kv for KvService {
         let s = &self.shared;
         let req = req.into_inner();
         s.limits.check_size(&req)?;
-        let req = convert::delete(req)?;
-        match s.store.write(WriteRequest::Delete(req)).await? {
-            (WriteResult::Delete(r), rev) => Ok(Response::new(convert::delete_response(s, r, rev))),
-            (other, _) => Err(unexpected(other)),
-        }
+        let (r, rev) = s.store.write(convert::delete(req)?).await?;
+        Ok(Response::new(convert::delete_response(s, r, rev)))
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let s = &self.shared;
         let req = req.into_inner();
         s.limits.check_size(&req)?;
-        let req = convert::txn(req, s.limits.max_txn_ops)?;
-        match s.store.write(WriteRequest::Txn(req)).await? {
-            (WriteResult::Txn(r), rev) => Ok(Response::new(convert::txn_response(s, r, rev))),
-            (other, _) => Err(unexpected(other)),
-        }
+        let (r, rev) = s
+            .store
+            .write(convert::txn(req, s.limits.max_txn_ops)?)
+            .await?;
+        Ok(Response::new(convert::txn_response(s, r, rev)))
     }
 
     async fn compact(
@@ -208,7 +199,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         let (_, rev) = s
             .store
-            .write(WriteRequest::Compact {
+            .write(Compact {
                 revision: req.revision,
             })
             .await?;

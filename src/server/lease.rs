@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::mvcc::types::{WriteRequest, WriteResult};
+use crate::mvcc::{Grant, KeepAlive, Revoke};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::server::SharedRef;
@@ -35,21 +35,13 @@ impl Lease for LeaseService {
         let s = &self.shared;
         let req = req.into_inner();
         let id = if req.id == 0 { new_lease_id() } else { req.id };
-        match s
-            .store
-            .write(WriteRequest::LeaseGrant { id, ttl: req.ttl })
-            .await?
-        {
-            (WriteResult::LeaseGrant { id, ttl }, rev) => {
-                Ok(Response::new(pb::LeaseGrantResponse {
-                    header: s.header(rev),
-                    id,
-                    ttl,
-                    error: String::new(),
-                }))
-            }
-            (other, _) => Err(Status::internal(format!("koine: unexpected {other:?}"))),
-        }
+        let (granted, rev) = s.store.write(Grant { id, ttl: req.ttl }).await?;
+        Ok(Response::new(pb::LeaseGrantResponse {
+            header: s.header(rev),
+            id: granted.id,
+            ttl: granted.ttl,
+            error: String::new(),
+        }))
     }
 
     async fn lease_revoke(
@@ -58,7 +50,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let s = &self.shared;
         let id = req.into_inner().id;
-        let (_, rev) = s.store.write(WriteRequest::LeaseRevoke { id }).await?;
+        let (_, rev) = s.store.write(Revoke { id }).await?;
         Ok(Response::new(pb::LeaseRevokeResponse {
             header: s.header(rev),
         }))
@@ -84,21 +76,12 @@ impl Lease for LeaseService {
                 };
                 let Some(msg) = msg else { break };
                 let reply = match msg {
-                    Ok(m) => match shared
-                        .store
-                        .write(WriteRequest::LeaseKeepAlive { id: m.id })
-                        .await
-                    {
-                        Ok((WriteResult::LeaseKeepAlive { ttl }, rev)) => {
-                            Ok(pb::LeaseKeepAliveResponse {
-                                header: shared.header(rev),
-                                id: m.id,
-                                ttl,
-                            })
-                        }
-                        Ok((other, _)) => {
-                            Err(Status::internal(format!("koine: unexpected {other:?}")))
-                        }
+                    Ok(m) => match shared.store.write(KeepAlive { id: m.id }).await {
+                        Ok((ttl, rev)) => Ok(pb::LeaseKeepAliveResponse {
+                            header: shared.header(rev),
+                            id: m.id,
+                            ttl,
+                        }),
                         Err(e) => Err(Status::from(e)),
                     },
                     Err(status) => {
@@ -121,18 +104,18 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let s = &self.shared;
         let req = req.into_inner();
-        let (lease, keys, rev) = s.store.lease(req.id).await?;
+        let info = s.store.lease(req.id).await?;
         // etcd answers a missing lease with TTL -1 rather than an error.
-        let resp = match lease {
+        let resp = match info.lease {
             Some(l) if l.remaining_ms > 0 => pb::LeaseTimeToLiveResponse {
-                header: s.header(rev),
+                header: s.header(info.revision),
                 id: req.id,
                 ttl: l.remaining_ms / 1000,
                 granted_ttl: l.ttl,
-                keys: if req.keys { keys } else { Vec::new() },
+                keys: if req.keys { info.keys } else { Vec::new() },
             },
             _ => pb::LeaseTimeToLiveResponse {
-                header: s.header(rev),
+                header: s.header(info.revision),
                 id: req.id,
                 ttl: -1,
                 granted_ttl: 0,
@@ -147,7 +130,7 @@ impl Lease for LeaseService {
         _req: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let s = &self.shared;
-        let (leases, rev) = s.store.leases().await.map_err(Status::from)?;
+        let (leases, rev) = s.store.leases().await?;
         Ok(Response::new(pb::LeaseLeasesResponse {
             header: s.header(rev),
             leases: leases

@@ -38,14 +38,14 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let s = &self.shared;
         let meta = s.store.meta().await?;
-        let size = s.store.db.size_bytes().await?;
+        let size = s.store.db_size().await?;
         Ok(Response::new(pb::StatusResponse {
             header: s.header(meta.revision),
             version: s.identity.version.clone(),
             db_size: size,
             leader: s.identity.member_id,
             raft_index: meta.revision as u64,
-            raft_term: 2,
+            raft_term: crate::server::RAFT_TERM,
             raft_applied_index: meta.revision as u64,
             errors: Vec::new(),
             db_size_in_use: size,

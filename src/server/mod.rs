@@ -1,6 +1,7 @@
-//! The gRPC services. Every unary handler follows etcd's four steps:
-//! validate (limits and exact etcd texts), call the engine with engine
-//! types, map errors through `Status::from`, fill the response header.
+//! The gRPC services of SQL mode. Every unary handler follows etcd's four
+//! steps: validate (limits and exact etcd texts), call the engine with
+//! engine types, map errors through `Status::from`, fill the response
+//! header. No SQL and no database type appears here.
 
 pub mod cluster;
 pub mod convert;
@@ -16,9 +17,16 @@ use prost::Message;
 use tonic::Status;
 
 use crate::error::Error;
-use crate::mvcc::store::Store;
-use crate::mvcc::types::Revision;
+use crate::mvcc::Store;
 use crate::proto::etcdserverpb::ResponseHeader;
+use crate::types::Revision;
+
+/// The raft term reported in headers and Status. Koine has no raft; a
+/// single etcd member reports term 2 once it has elected itself at start
+/// (term 1 is the election), and clients only compare terms between
+/// responses, so a constant 2 is what they would see from a healthy
+/// one-member cluster.
+pub const RAFT_TERM: u64 = 2;
 
 /// Limits enforced on requests, with etcd's defaults.
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +89,7 @@ impl Shared {
             cluster_id: self.identity.cluster_id,
             member_id: self.identity.member_id,
             revision,
-            raft_term: 2,
+            raft_term: RAFT_TERM,
         })
     }
 }

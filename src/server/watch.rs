@@ -1,13 +1,12 @@
-//! Watch service. One task per stream owns its watchers; each watcher keeps
-//! a cursor (the newest revision it has been given) and pulls events after
-//! it from the hub's memory, or from the log in the database when the hub
-//! no longer holds them. Sending waits for the client (bounded queue), so a
-//! slow reader only slows its own stream and is caught up from the log;
-//! nothing is dropped and memory per watcher stays bounded.
+//! Watch service: etcd's Watch protocol over the engine's watch stream
+//! (`mvcc::WatchStream`, which owns the watchers and their catch-up). One
+//! task per client stream reads create, cancel and progress requests,
+//! sends what the engine delivers as WatchResponses (split into fragments
+//! when the watcher asked for them), and sends progress notifications.
+//! Sending waits for the client (bounded queue), so a slow reader only
+//! slows its own stream.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -17,17 +16,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Result;
-use crate::mvcc::hub::{RevisionEvents, Since};
-use crate::mvcc::types::{EventKind, KeyRange, Revision};
+use crate::mvcc::{Delivery, Refused, WatchSpec, WatchStream};
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{self as pb, watch_request::RequestUnion};
 use crate::proto::mvccpb;
 use crate::server::{SharedRef, convert};
+use crate::types::{EventKind, KeyRange, Revision};
 
-/// Revisions read from the log per catch-up step.
-const CATCH_UP_REVISIONS: i64 = 256;
-/// Revisions taken from the hub per step.
-const HUB_BATCH: usize = 1000;
 /// Responses queued per stream before the sender waits for the client.
 const STREAM_QUEUE: usize = 64;
 
@@ -56,11 +51,11 @@ impl Watch for WatchService {
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<WatchResponseStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let stream = WatchStream {
+        let stream = Session {
+            watchers: self.shared.store.watch_stream(),
             shared: self.shared.clone(),
             out: tx,
-            watchers: BTreeMap::new(),
-            next_id: 0,
+            wants: Default::default(),
             progress_pending: false,
         };
         tokio::spawn(stream.run(req.into_inner()));
@@ -68,13 +63,10 @@ impl Watch for WatchService {
     }
 }
 
-struct Watcher {
-    range: KeyRange,
-    /// Newest revision this watcher has been given (or scanned past).
-    cursor: Revision,
-    prev_kv: bool,
-    no_put: bool,
-    no_delete: bool,
+/// What a watcher asked for that is the protocol's business, not the
+/// engine's.
+#[derive(Debug, Clone, Copy)]
+struct Wants {
     progress_notify: bool,
     fragment: bool,
 }
@@ -82,19 +74,19 @@ struct Watcher {
 /// The client went away; end the stream.
 struct Closed;
 
-struct WatchStream {
+/// One client stream.
+struct Session {
     shared: SharedRef,
+    watchers: WatchStream,
     out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
-    watchers: BTreeMap<i64, Watcher>,
-    next_id: i64,
+    wants: std::collections::HashMap<i64, Wants>,
     /// A WatchProgressRequest waits for every watcher to be synced.
     progress_pending: bool,
 }
 
-impl WatchStream {
+impl Session {
     async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>) {
-        let hub = self.shared.store.hub.clone();
-        let mut latest = hub.subscribe();
+        let mut latest = self.watchers.subscribe();
         let shutdown = self.shared.shutdown.clone();
         let every = self.shared.watch.progress_interval;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -141,11 +133,10 @@ impl WatchStream {
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
-                if self.watchers.remove(&c.watch_id).is_some() {
-                    self.shared.metrics.watchers.dec();
-                    let rev = self.shared.store.hub.latest();
+                if self.watchers.cancel(c.watch_id) {
+                    self.wants.remove(&c.watch_id);
                     self.send(pb::WatchResponse {
-                        header: self.header(rev),
+                        header: self.header(self.watchers.latest()),
                         watch_id: c.watch_id,
                         canceled: true,
                         ..Default::default()
@@ -163,219 +154,120 @@ impl WatchStream {
     }
 
     async fn create(&mut self, c: pb::WatchCreateRequest) -> std::result::Result<(), Closed> {
-        let latest = self.shared.store.hub.latest();
+        let latest = self.watchers.latest();
         // etcd: an empty key means "\0", the smallest key.
         let key = if c.key.is_empty() {
             bytes::Bytes::from_static(&[0])
         } else {
             c.key.clone()
         };
-        let range = KeyRange::from_etcd(&key, &c.range_end);
-        let refuse = |id: i64, reason: &str| pb::WatchResponse {
-            header: self.header(latest),
+        let has = |f: pb::watch_create_request::FilterType| c.filters.contains(&(f as i32));
+        let spec = WatchSpec {
+            range: KeyRange::from_etcd(&key, &c.range_end),
+            start_revision: c.start_revision,
+            prev_kv: c.prev_kv,
+            no_put: has(pb::watch_create_request::FilterType::Noput),
+            no_delete: has(pb::watch_create_request::FilterType::Nodelete),
+        };
+        let header = self.header(latest);
+        let created = |id: i64| pb::WatchResponse {
+            header,
             watch_id: id,
             created: true,
-            canceled: true,
-            cancel_reason: reason.to_string(),
             ..Default::default()
         };
-        if range.is_empty() {
-            return self.send(refuse(-1, EMPTY_RANGE)).await;
-        }
-        let id = if c.watch_id != 0 {
-            if self.watchers.contains_key(&c.watch_id) {
-                return self.send(refuse(c.watch_id, DUPLICATE_ID)).await;
-            }
-            c.watch_id
-        } else {
-            while self.watchers.contains_key(&self.next_id) {
-                self.next_id += 1;
-            }
-            self.next_id
+        let refuse = |id: i64, reason: &str| pb::WatchResponse {
+            canceled: true,
+            cancel_reason: reason.to_string(),
+            ..created(id)
         };
-        let cursor = if c.start_revision > 0 {
-            c.start_revision - 1
-        } else {
-            latest
-        };
-        if c.start_revision > 0 {
-            let compact = match self.shared.store.meta().await {
-                Ok(meta) => meta.compact_revision,
-                Err(e) => {
-                    let _ = self.out.send(Err(Status::from(e))).await;
-                    return Err(Closed);
-                }
-            };
-            if c.start_revision < compact {
-                // etcd: created, then canceled with the compact revision.
+        match self.watchers.watch(c.watch_id, spec).await {
+            Ok(id) => {
+                self.wants.insert(
+                    id,
+                    Wants {
+                        progress_notify: c.progress_notify,
+                        fragment: c.fragment,
+                    },
+                );
+                self.send(created(id)).await
+            }
+            Err(Refused::EmptyRange) => self.send(refuse(-1, EMPTY_RANGE)).await,
+            Err(Refused::DuplicateId(id)) => self.send(refuse(id, DUPLICATE_ID)).await,
+            // etcd: created, then canceled with the compact revision.
+            Err(Refused::Compacted { id, compact }) => {
+                self.send(created(id)).await?;
                 self.send(pb::WatchResponse {
-                    header: self.header(latest),
+                    header,
                     watch_id: id,
-                    created: true,
+                    canceled: true,
+                    compact_revision: compact,
                     ..Default::default()
                 })
-                .await?;
-                return self
-                    .send(pb::WatchResponse {
-                        header: self.header(latest),
+                .await
+            }
+            Err(Refused::Failed(e)) => {
+                let _ = self.out.send(Err(Status::from(e))).await;
+                Err(Closed)
+            }
+        }
+    }
+
+    /// Sends what the engine has for the watchers until every one is
+    /// synced, then answers a pending progress request.
+    async fn deliver(&mut self) -> std::result::Result<(), Closed> {
+        loop {
+            match self.watchers.next().await {
+                Ok(None) => break,
+                Ok(Some(Delivery::Events {
+                    id,
+                    events,
+                    revision,
+                })) => self.emit(id, events, revision).await?,
+                Ok(Some(Delivery::Compacted { id, compact })) => {
+                    self.wants.remove(&id);
+                    self.send(pb::WatchResponse {
+                        header: self.header(self.watchers.latest()),
                         watch_id: id,
                         canceled: true,
                         compact_revision: compact,
                         ..Default::default()
                     })
-                    .await;
-            }
-        }
-        let filters = c.filters.iter().copied();
-        let watcher = Watcher {
-            range,
-            cursor,
-            prev_kv: c.prev_kv,
-            no_put: filters
-                .clone()
-                .any(|f| f == pb::watch_create_request::FilterType::Noput as i32),
-            no_delete: filters
-                .clone()
-                .any(|f| f == pb::watch_create_request::FilterType::Nodelete as i32),
-            progress_notify: c.progress_notify,
-            fragment: c.fragment,
-        };
-        self.watchers.insert(id, watcher);
-        self.shared.metrics.watchers.inc();
-        self.send(pb::WatchResponse {
-            header: self.header(latest),
-            watch_id: id,
-            created: true,
-            ..Default::default()
-        })
-        .await
-    }
-
-    /// Brings every watcher up to the hub's newest revision.
-    async fn deliver(&mut self) -> std::result::Result<(), Closed> {
-        let hub = self.shared.store.hub.clone();
-        let ids: Vec<i64> = self.watchers.keys().copied().collect();
-        for id in ids {
-            loop {
-                let latest = hub.latest();
-                let Some(w) = self.watchers.get(&id) else {
-                    break;
-                };
-                if w.cursor >= latest {
-                    break;
+                    .await?;
                 }
-                let batch = match hub.since(w.cursor, HUB_BATCH) {
-                    Since::Events(v) if !v.is_empty() && v[0].revision == w.cursor + 1 => {
-                        let upto = v.last().map_or(w.cursor, |r| r.revision);
-                        Ok((v, upto))
-                    }
-                    _ => {
-                        self.shared.metrics.watch_catchups.inc();
-                        self.read_log(w.cursor, latest).await
-                    }
-                };
-                match batch {
-                    Ok((revisions, upto)) => self.emit(id, &revisions, upto).await?,
-                    Err(CatchUp::Compacted(compact)) => {
-                        self.watchers.remove(&id);
-                        self.shared.metrics.watchers.dec();
-                        self.send(pb::WatchResponse {
-                            header: self.header(latest),
-                            watch_id: id,
-                            canceled: true,
-                            compact_revision: compact,
-                            ..Default::default()
-                        })
-                        .await?;
-                    }
-                    Err(CatchUp::Failed(e)) => {
-                        tracing::warn!(error = %e, "watch catch-up failed");
-                        let _ = self.out.send(Err(Status::from(e))).await;
-                        return Err(Closed);
-                    }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch catch-up failed");
+                    let _ = self.out.send(Err(Status::from(e))).await;
+                    return Err(Closed);
                 }
             }
         }
         self.flush_progress_request().await
     }
 
-    /// Reads revisions after `cursor` from the log.
-    async fn read_log(
-        &self,
-        cursor: Revision,
-        latest: Revision,
-    ) -> std::result::Result<(Vec<Arc<RevisionEvents>>, Revision), CatchUp> {
-        let upto = latest.min(cursor + CATCH_UP_REVISIONS);
-        let db = &self.shared.store.db;
-        let read = async {
-            let mut tx = db.begin_read().await?;
-            let meta = tx.read_meta().await?;
-            if cursor + 1 < meta.compact_revision {
-                tx.commit().await?;
-                return Ok(Err(meta.compact_revision));
-            }
-            let changes = tx.changes(cursor, upto, i64::MAX).await?;
-            tx.commit().await?;
-            Result::Ok(Ok(changes))
-        };
-        let changes = match read.await {
-            Ok(Ok(c)) => c,
-            Ok(Err(compact)) => return Err(CatchUp::Compacted(compact)),
-            Err(e) => return Err(CatchUp::Failed(e)),
-        };
-        let out = crate::mvcc::tail::events_by_revision(changes)
-            .into_iter()
-            .map(|(revision, events)| RevisionEvents { revision, events });
-        Ok((out.map(Arc::new).collect(), upto))
-    }
-
-    /// Sends a watcher the events of `revisions` that it selects, and moves
-    /// its cursor to `upto`.
+    /// Sends watcher `id` its events, in fragments under the request size
+    /// limit if it asked for them (all but the last say `fragment`; every
+    /// event goes whole).
     async fn emit(
         &mut self,
         id: i64,
-        revisions: &[Arc<RevisionEvents>],
-        upto: Revision,
+        events: Vec<crate::types::Event>,
+        revision: Revision,
     ) -> std::result::Result<(), Closed> {
-        let Some(w) = self.watchers.get_mut(&id) else {
-            return Ok(());
-        };
-        let compact = self.shared.store.hub.compact_revision();
-        let mut events = Vec::new();
-        for rev in revisions {
-            if rev.revision <= w.cursor {
-                continue;
-            }
-            for ev in &rev.events {
-                if !w.range.contains(&ev.kv.key)
-                    || (ev.kind == EventKind::Put && w.no_put)
-                    || (ev.kind == EventKind::Delete && w.no_delete)
-                {
-                    continue;
-                }
-                events.push(mvccpb::Event {
-                    r#type: match ev.kind {
-                        EventKind::Put => mvccpb::event::EventType::Put as i32,
-                        EventKind::Delete => mvccpb::event::EventType::Delete as i32,
-                    },
-                    kv: Some(convert::kv(ev.kv.clone())),
-                    // etcd reads prev_kv at `revision - 1`; below the
-                    // compact revision that read fails and it sends none.
-                    prev_kv: if w.prev_kv && rev.revision > compact {
-                        ev.prev_kv.clone().map(convert::kv)
-                    } else {
-                        None
-                    },
-                });
-            }
-        }
-        w.cursor = upto;
-        let fragment = w.fragment;
-        if events.is_empty() {
-            return Ok(());
-        }
+        let fragment = self.wants.get(&id).is_some_and(|w| w.fragment);
+        let events: Vec<mvccpb::Event> = events
+            .into_iter()
+            .map(|ev| mvccpb::Event {
+                r#type: match ev.kind {
+                    EventKind::Put => mvccpb::event::EventType::Put as i32,
+                    EventKind::Delete => mvccpb::event::EventType::Delete as i32,
+                },
+                kv: Some(convert::kv(ev.kv)),
+                prev_kv: ev.prev_kv.map(convert::kv),
+            })
+            .collect();
         let resp = pb::WatchResponse {
-            header: self.header(upto),
+            header: self.header(revision),
             watch_id: id,
             events,
             ..Default::default()
@@ -384,8 +276,6 @@ impl WatchStream {
         if !fragment || resp.encoded_len() <= limit {
             return self.send(resp).await;
         }
-        // Split into fragments under the request limit; all but the last
-        // carry `fragment = true`, and every event goes whole.
         let header = resp.header;
         let mut chunks: Vec<Vec<mvccpb::Event>> = vec![Vec::new()];
         let mut size = 0;
@@ -417,12 +307,13 @@ impl WatchStream {
     /// Periodic progress: watchers that asked for it and are up to date
     /// learn the current revision.
     async fn notify_progress(&mut self) -> std::result::Result<(), Closed> {
-        let latest = self.shared.store.hub.latest();
+        let latest = self.watchers.latest();
         let ids: Vec<i64> = self
             .watchers
-            .iter()
-            .filter(|(_, w)| w.progress_notify && w.cursor == latest)
-            .map(|(id, _)| *id)
+            .ids()
+            .filter(|id| {
+                self.wants.get(id).is_some_and(|w| w.progress_notify) && self.watchers.synced(*id)
+            })
             .collect();
         for id in ids {
             self.send(pb::WatchResponse {
@@ -438,30 +329,15 @@ impl WatchStream {
     /// Answers a WatchProgressRequest once every watcher is synced, with
     /// watch id -1 as etcd 3.5 does.
     async fn flush_progress_request(&mut self) -> std::result::Result<(), Closed> {
-        if !self.progress_pending {
-            return Ok(());
-        }
-        let latest = self.shared.store.hub.latest();
-        if self.watchers.values().any(|w| w.cursor < latest) {
+        if !self.progress_pending || !self.watchers.all_synced() {
             return Ok(());
         }
         self.progress_pending = false;
         self.send(pb::WatchResponse {
-            header: self.header(latest),
+            header: self.header(self.watchers.latest()),
             watch_id: -1,
             ..Default::default()
         })
         .await
     }
-}
-
-impl Drop for WatchStream {
-    fn drop(&mut self) {
-        self.shared.metrics.watchers.sub(self.watchers.len() as i64);
-    }
-}
-
-enum CatchUp {
-    Compacted(Revision),
-    Failed(crate::error::Error),
 }

@@ -1,12 +1,15 @@
 //! Persistence over sqlx. The engine (`mvcc/`) talks to the database only
-//! through [`Db`] (pools) and [`DbTx`] (one open transaction), whose methods
-//! are the small transactional interface of DESIGN decision 6: read the meta
-//! row, get, range, count, upsert, delete, append to the log, leases.
+//! through [`Db`] (the pools) and [`DbTx`] (one open transaction), whose
+//! methods are its small transactional interface: read and lock the meta
+//! row, get, range and count live keys (now or at a past revision), write
+//! current-state rows, append to the log, read the log, leases, compaction.
 //!
-//! SQL is written once with `?` placeholders; [`queries`] renders it per
-//! dialect (placeholders, upsert syntax, row locks, the database clock). Each
-//! dialect module only connects and runs migrations.
+//! The logic here is the same for every database. What differs lives in
+//! one file per database behind the [`Dialect`] trait (`sqlite.rs`,
+//! `postgres.rs`, `mysql.rs`); statements are written once in `queries.rs`
+//! with that dialect's fragments spliced in; `exec.rs` binds and decodes.
 
+mod dialect;
 mod exec;
 pub mod mysql;
 pub mod postgres;
@@ -18,9 +21,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::mvcc::types::{KeyRange, KeyValue, LeaseId, Revision};
-pub use exec::{Arg, Col, Pool, TxInner, Val};
-pub use queries::{Dialect, Many, Q, Queries};
+use crate::types::{KeyRange, KeyValue, LeaseId, Revision};
+pub use dialect::{Dialect, DialectSql, LeaderSession};
+use exec::{Arg, FromRow, Pool, Row, TxInner};
+use queries::{Many, Q, Queries};
 
 /// Rows at most per multi-row INSERT into the log.
 const LOG_CHUNK_ROWS: usize = 32;
@@ -66,10 +70,11 @@ pub fn redact_error(e: &dyn std::fmt::Display) -> String {
     }
 }
 
-/// A connected database: a pool for reads and one for the writer.
+/// A connected database: its dialect, a pool for reads and one for the
+/// writer.
 #[derive(Clone)]
 pub struct Db {
-    pub dialect: Dialect,
+    dialect: Arc<dyn Dialect>,
     queries: Arc<Queries>,
     read: Pool,
     write: Pool,
@@ -79,9 +84,11 @@ pub struct Db {
 #[derive(Debug, Clone)]
 pub struct LogRow {
     pub revision: Revision,
+    /// Position within the revision.
     pub sub: i64,
     pub kv: KeyValue,
     pub deleted: bool,
+    /// The key's previous `mod_revision` (0: none).
     pub prev_revision: Revision,
 }
 
@@ -100,67 +107,187 @@ pub struct LeaseRow {
     pub remaining_ms: i64,
 }
 
-/// A logged change as read back for watchers.
+/// A logged change as read back for watchers, with the version it
+/// replaced.
 #[derive(Debug, Clone)]
 pub struct LoggedChange {
     pub row: LogRow,
     pub prev: Option<KeyValue>,
 }
 
+impl FromRow for Meta {
+    fn from_row(r: &dyn Row) -> Result<Meta> {
+        Ok(Meta {
+            revision: r.i64(0)?,
+            compact_revision: r.i64(1)?,
+        })
+    }
+}
+
+impl FromRow for LeaseRow {
+    fn from_row(r: &dyn Row) -> Result<LeaseRow> {
+        Ok(LeaseRow {
+            id: r.i64(0)?,
+            ttl: r.i64(1)?,
+            remaining_ms: r.i64(2)?,
+        })
+    }
+}
+
+/// The six key-value columns `k, create_revision, mod_revision, version,
+/// lease, value` starting at column `at`.
+fn kv_at(r: &dyn Row, at: usize) -> Result<KeyValue> {
+    Ok(KeyValue {
+        key: r.bytes(at)?,
+        create_revision: r.i64(at + 1)?,
+        mod_revision: r.i64(at + 2)?,
+        version: r.i64(at + 3)?,
+        lease: r.i64(at + 4)?,
+        value: r.bytes(at + 5)?,
+    })
+}
+
+impl FromRow for KeyValue {
+    fn from_row(r: &dyn Row) -> Result<KeyValue> {
+        kv_at(r, 0)
+    }
+}
+
+/// A row of the meta-joined current read: the counters, and a live key
+/// unless the range holds none (the LEFT JOIN's NULL row).
+struct MetaAndKv(Meta, Option<KeyValue>);
+
+impl FromRow for MetaAndKv {
+    fn from_row(r: &dyn Row) -> Result<MetaAndKv> {
+        let meta = Meta::from_row(r)?;
+        let kv = match r.opt_bytes(2)? {
+            Some(_) => Some(kv_at(r, 2)?),
+            None => None,
+        };
+        Ok(MetaAndKv(meta, kv))
+    }
+}
+
+impl FromRow for LoggedChange {
+    /// Columns: revision, sub, k, create_revision, version, lease, value,
+    /// deleted, prev_revision, then the previous row's create_revision,
+    /// revision, version, lease, value (all NULL when there is none).
+    fn from_row(r: &dyn Row) -> Result<LoggedChange> {
+        let revision = r.i64(0)?;
+        let key = r.bytes(2)?;
+        let prev = match r.opt_i64(10)? {
+            Some(prev_mod) => Some(KeyValue {
+                key: key.clone(),
+                create_revision: r.i64(9)?,
+                mod_revision: prev_mod,
+                version: r.i64(11)?,
+                lease: r.i64(12)?,
+                value: r.bytes(13)?,
+            }),
+            None => None,
+        };
+        Ok(LoggedChange {
+            row: LogRow {
+                revision,
+                sub: r.i64(1)?,
+                kv: KeyValue {
+                    key,
+                    create_revision: r.i64(3)?,
+                    mod_revision: revision,
+                    version: r.i64(4)?,
+                    lease: r.i64(5)?,
+                    value: r.bytes(6)?,
+                },
+                deleted: r.i64(7)? != 0,
+                prev_revision: r.i64(8)?,
+            },
+            prev,
+        })
+    }
+}
+
+/// The single value of a one-row, one-column result.
+fn one<T>(mut rows: Vec<T>, what: &str) -> Result<T> {
+    match rows.len() {
+        1 => Ok(rows.remove(0)),
+        n => Err(Error::Internal(format!("{what}: {n} rows, expected one"))),
+    }
+}
+
 impl Db {
-    pub fn new(dialect: Dialect, read: Pool, write: Pool) -> Db {
+    pub fn new(dialect: Arc<dyn Dialect>, read: Pool, write: Pool) -> Db {
         Db {
+            queries: Arc::new(Queries::new(dialect.sql())),
             dialect,
-            queries: Arc::new(Queries::new(dialect)),
             read,
             write,
         }
     }
 
+    pub fn dialect(&self) -> &dyn Dialect {
+        &*self.dialect
+    }
+
     /// Opens a transaction for the writer, holding the database's write lock
     /// where the dialect has one (SQLite `BEGIN IMMEDIATE`).
     pub async fn begin_write(&self) -> Result<DbTx> {
-        let inner = self.write.begin_write().await?;
-        Ok(DbTx {
-            inner,
-            q: self.queries.clone(),
-        })
+        let inner = self
+            .write
+            .begin(self.dialect.sql().begin_write, &*self.dialect)
+            .await?;
+        Ok(self.tx(inner))
     }
 
     /// Opens a read-only transaction whose statements all see one snapshot.
     pub async fn begin_read(&self) -> Result<DbTx> {
-        let inner = self.read.begin_read().await?;
-        Ok(DbTx {
+        let inner = self
+            .read
+            .begin(self.dialect.sql().begin_read, &*self.dialect)
+            .await?;
+        Ok(self.tx(inner))
+    }
+
+    fn tx(&self, inner: TxInner) -> DbTx {
+        DbTx {
             inner,
             q: self.queries.clone(),
-        })
+            dialect: self.dialect.clone(),
+        }
+    }
+
+    async fn fetch<T: FromRow>(&self, q: Q, args: &[Arg<'_>]) -> Result<Vec<T>> {
+        let sql = statement(&self.queries, q)?;
+        self.read.fetch(sql, args, &*self.dialect).await
     }
 
     /// Size of the database in bytes, as far as the dialect can tell.
     pub async fn size_bytes(&self) -> Result<i64> {
-        let mut tx = self.begin_read().await?;
-        let rows = tx.fetch(Q::DbSize, &[], &[Col::I64]).await?;
-        tx.commit().await?;
-        Ok(rows.first().map_or(0, Val::i64))
+        one(self.fetch(Q::DbSize, &[]).await?, "size query")
+    }
+
+    /// The newest committed revision and the compact revision (one
+    /// statement: no transaction needed).
+    pub async fn meta(&self) -> Result<Meta> {
+        one(self.fetch(Q::MetaRead, &[]).await?, "koine_meta")
+    }
+
+    /// The cluster id chosen when the database was created.
+    pub async fn cluster_id(&self) -> Result<u64> {
+        let id: i64 = one(self.fetch(Q::ClusterId, &[]).await?, "koine_meta")?;
+        Ok(id as u64)
     }
 
     /// Live keys in `range` at the current revision together with the meta
-    /// row, in one statement (hence one snapshot, no transaction).
+    /// row, in one statement (hence one snapshot, no transaction); `None`
+    /// where the dialect reads faster through a snapshot transaction.
     pub async fn range_with_meta(
         &self,
         range: &KeyRange,
         limit: Option<i64>,
-    ) -> Result<(Meta, Vec<KeyValue>)> {
-        const COLS: [Col; 8] = [
-            Col::I64,
-            Col::I64,
-            Col::Bytes,
-            Col::I64,
-            Col::I64,
-            Col::I64,
-            Col::I64,
-            Col::Bytes,
-        ];
+    ) -> Result<Option<(Meta, Vec<KeyValue>)>> {
+        if !self.dialect.sql().joined_current_reads || range.is_empty() {
+            return Ok(None);
+        }
         let (bounded, mut args) = range_args(range);
         args.push(Arg::I64(limit.unwrap_or(i64::MAX)));
         let q = if bounded {
@@ -168,66 +295,13 @@ impl Db {
         } else {
             Q::KvRangeWithMetaOpen
         };
-        let rows = self.read.fetch(self.queries.get(q), &args, &COLS).await?;
-        let mut meta = None;
-        let mut kvs = Vec::with_capacity(rows.len() / COLS.len());
-        let mut it = rows.into_iter();
-        while let (Some(rev), Some(compact)) = (it.next(), it.next()) {
-            meta.get_or_insert(Meta {
-                revision: rev.i64(),
-                compact_revision: compact.i64(),
-            });
-            // No live key in the range: the LEFT JOIN's NULL row.
-            match next_kv(&mut it)? {
-                Some(kv) if kv.create_revision > 0 => kvs.push(kv),
-                _ => {}
-            }
-        }
-        let meta = meta.ok_or_else(|| Error::Internal("koine_meta row missing".into()))?;
-        Ok((meta, kvs))
-    }
-
-    /// The newest committed revision and the compact revision.
-    pub async fn meta(&self) -> Result<Meta> {
-        let mut tx = self.begin_read().await?;
-        let meta = tx.read_meta().await?;
-        tx.commit().await?;
-        Ok(meta)
-    }
-
-    /// Tries to become the leader (the one instance that expires leases
-    /// and compacts). SQLite has a single writer process: always leader.
-    pub async fn try_leader(&self) -> Result<Option<LeaderSession>> {
-        match &self.write {
-            Pool::Sqlite(_) => Ok(Some(LeaderSession::Always)),
-            Pool::Postgres(p) => {
-                let mut conn = p.acquire().await?.detach();
-                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(727265001)")
-                    .fetch_one(&mut conn)
-                    .await?;
-                Ok(got.then_some(LeaderSession::Postgres(conn)))
-            }
-            Pool::MySql(p) => {
-                let mut conn = p.acquire().await?.detach();
-                let got: Option<i64> =
-                    sqlx::query_scalar("SELECT GET_LOCK(CONCAT('koine_leader:', DATABASE()), 0)")
-                        .fetch_one(&mut conn)
-                        .await?;
-                Ok((got == Some(1)).then_some(LeaderSession::MySql(conn)))
-            }
-        }
-    }
-
-    /// A LISTEN connection for revision notifications (PostgreSQL only).
-    pub async fn listener(&self) -> Result<Option<sqlx::postgres::PgListener>> {
-        match &self.read {
-            Pool::Postgres(p) => {
-                let mut l = sqlx::postgres::PgListener::connect_with(p).await?;
-                l.listen(postgres::CHANNEL).await?;
-                Ok(Some(l))
-            }
-            _ => Ok(None),
-        }
+        let rows: Vec<MetaAndKv> = self.fetch(q, &args).await?;
+        let meta = rows
+            .first()
+            .map(|r| r.0)
+            .ok_or_else(|| Error::Internal("koine_meta row missing".into()))?;
+        let kvs = rows.into_iter().filter_map(|r| r.1).collect();
+        Ok(Some((meta, kvs)))
     }
 
     pub async fn close(&self) {
@@ -236,66 +310,18 @@ impl Db {
     }
 }
 
-/// Holds the leader lock while it lives (a dedicated connection).
-pub enum LeaderSession {
-    Always,
-    Postgres(sqlx::PgConnection),
-    MySql(sqlx::MySqlConnection),
-}
-
-impl LeaderSession {
-    /// False once the lock's connection is gone (and with it the lock).
-    pub async fn alive(&mut self) -> bool {
-        match self {
-            LeaderSession::Always => true,
-            LeaderSession::Postgres(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
-            LeaderSession::MySql(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
-        }
-    }
+/// Statement `q`, which every database has unless said otherwise.
+fn statement(queries: &Queries, q: Q) -> Result<&Arc<str>> {
+    queries
+        .get(q)
+        .ok_or_else(|| Error::Internal(format!("no statement {q:?} for this database")))
 }
 
 /// An open transaction.
 pub struct DbTx {
     inner: TxInner,
     q: Arc<Queries>,
-}
-
-const KV_COLS: [Col; 6] = [
-    Col::Bytes,
-    Col::I64,
-    Col::I64,
-    Col::I64,
-    Col::I64,
-    Col::Bytes,
-];
-
-/// Takes one key-value (six columns in `KV_COLS` order) off `vals`,
-/// moving the bytes out; `None` when `vals` is exhausted.
-fn next_kv(vals: &mut impl Iterator<Item = Val>) -> Result<Option<KeyValue>> {
-    let Some(key) = vals.next() else {
-        return Ok(None);
-    };
-    let mut next = || {
-        vals.next()
-            .ok_or_else(|| Error::Internal("short row".into()))
-    };
-    Ok(Some(KeyValue {
-        key: key.bytes(),
-        create_revision: next()?.i64(),
-        mod_revision: next()?.i64(),
-        version: next()?.i64(),
-        lease: next()?.i64(),
-        value: next()?.bytes(),
-    }))
-}
-
-fn kvs_from(vals: Vec<Val>) -> Result<Vec<KeyValue>> {
-    let mut out = Vec::with_capacity(vals.len() / KV_COLS.len());
-    let mut it = vals.into_iter();
-    while let Some(kv) = next_kv(&mut it)? {
-        out.push(kv);
-    }
-    Ok(out)
+    dialect: Arc<dyn Dialect>,
 }
 
 /// Splits `items` into runs of at most `LOG_CHUNK_ROWS` items and about
@@ -330,47 +356,31 @@ fn range_args(range: &KeyRange) -> (bool, Vec<Arg<'_>>) {
 
 impl DbTx {
     pub async fn commit(self) -> Result<()> {
-        self.inner.commit().await
+        self.inner.commit(&*self.dialect).await
     }
 
     pub async fn rollback(self) -> Result<()> {
-        self.inner.rollback().await
+        self.inner.rollback(&*self.dialect).await
     }
 
-    async fn fetch(&mut self, q: Q, args: &[Arg<'_>], cols: &[Col]) -> Result<Vec<Val>> {
-        let sql = self.q.get(q);
-        self.inner.fetch(sql, args, cols).await
+    async fn fetch<T: FromRow>(&mut self, q: Q, args: &[Arg<'_>]) -> Result<Vec<T>> {
+        let sql = statement(&self.q, q)?;
+        self.inner.fetch(sql, args, &*self.dialect).await
     }
 
     async fn exec(&mut self, q: Q, args: &[Arg<'_>]) -> Result<u64> {
-        let sql = self.q.get(q);
-        self.inner.exec(sql, args).await
+        let sql = statement(&self.q, q)?;
+        self.inner.exec(sql, args, &*self.dialect).await
     }
 
     /// Reads the meta row, locking it for the rest of a write transaction.
     pub async fn lock_meta(&mut self) -> Result<Meta> {
-        self.meta(Q::MetaLock).await
+        one(self.fetch(Q::MetaLock, &[]).await?, "koine_meta")
     }
 
     /// Reads the meta row without locking.
     pub async fn read_meta(&mut self) -> Result<Meta> {
-        self.meta(Q::MetaRead).await
-    }
-
-    async fn meta(&mut self, q: Q) -> Result<Meta> {
-        let v = self.fetch(q, &[], &[Col::I64, Col::I64]).await?;
-        match v.as_slice() {
-            [rev, compact] => Ok(Meta {
-                revision: rev.i64(),
-                compact_revision: compact.i64(),
-            }),
-            _ => Err(Error::Internal("koine_meta row missing".into())),
-        }
-    }
-
-    pub async fn cluster_id(&mut self) -> Result<u64> {
-        let v = self.fetch(Q::ClusterId, &[], &[Col::I64]).await?;
-        Ok(v.first().map_or(0, Val::i64) as u64)
+        one(self.fetch(Q::MetaRead, &[]).await?, "koine_meta")
     }
 
     pub async fn set_revision(&mut self, revision: Revision) -> Result<()> {
@@ -378,10 +388,10 @@ impl DbTx {
         Ok(())
     }
 
-    /// Tells other instances about a new revision (PostgreSQL NOTIFY, sent
-    /// at commit); a no-op elsewhere, where they poll.
+    /// Tells other instances about a new revision, at commit, where the
+    /// database can (PostgreSQL NOTIFY); elsewhere they poll.
     pub async fn notify(&mut self, revision: Revision) -> Result<()> {
-        if self.q.dialect() == Dialect::Postgres {
+        if self.dialect.sql().notify.is_some() {
             self.exec(Q::Notify, &[Arg::I64(revision)]).await?;
         }
         Ok(())
@@ -394,8 +404,7 @@ impl DbTx {
 
     /// The live version of `key`, if any.
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<KeyValue>> {
-        let v = self.fetch(Q::KvGet, &[Arg::Bytes(key)], &KV_COLS).await?;
-        Ok(kvs_from(v)?.pop())
+        Ok(self.fetch(Q::KvGet, &[Arg::Bytes(key)]).await?.pop())
     }
 
     /// Live keys in `range`, ascending, at most `limit` (`None` = all).
@@ -410,7 +419,7 @@ impl DbTx {
         let (bounded, mut args) = range_args(range);
         args.push(Arg::I64(limit.unwrap_or(i64::MAX)));
         let q = if bounded { Q::KvRange } else { Q::KvRangeOpen };
-        kvs_from(self.fetch(q, &args, &KV_COLS).await?)
+        self.fetch(q, &args).await
     }
 
     pub async fn count_current(&mut self, range: &KeyRange) -> Result<i64> {
@@ -419,7 +428,7 @@ impl DbTx {
         }
         let (bounded, args) = range_args(range);
         let q = if bounded { Q::KvCount } else { Q::KvCountOpen };
-        Ok(self.fetch(q, &args, &[Col::I64]).await?[0].i64())
+        one(self.fetch(q, &args).await?, "count")
     }
 
     /// Keys live at `revision` in `range`, ascending, at most `limit`. Only
@@ -447,7 +456,7 @@ impl DbTx {
         } else {
             Q::KvUnchangedOpen
         };
-        let unchanged = kvs_from(self.fetch(q, &args, &KV_COLS).await?)?;
+        let unchanged: Vec<KeyValue> = self.fetch(q, &args).await?;
         let changed = self.changed_at(range, revision).await?;
         // Merge two key-ordered, disjoint lists.
         let mut out = Vec::with_capacity(unchanged.len() + changed.len());
@@ -481,7 +490,7 @@ impl DbTx {
         } else {
             Q::LogChangedAtOpen
         };
-        kvs_from(self.fetch(q, &args, &KV_COLS).await?)
+        self.fetch(q, &args).await
     }
 
     pub async fn count_at(&mut self, range: &KeyRange, revision: Revision) -> Result<i64> {
@@ -495,7 +504,7 @@ impl DbTx {
         } else {
             Q::KvUnchangedCountOpen
         };
-        let unchanged = self.fetch(q, &args, &[Col::I64]).await?[0].i64();
+        let unchanged: i64 = one(self.fetch(q, &args).await?, "count")?;
         Ok(unchanged + self.changed_at(range, revision).await?.len() as i64)
     }
 
@@ -515,7 +524,7 @@ impl DbTx {
                 ]);
             }
             let sql = self.q.many(Many::KvUpsert, chunk.len());
-            self.inner.exec(&sql, &args).await?;
+            self.inner.exec(&sql, &args, &*self.dialect).await?;
         }
         Ok(())
     }
@@ -525,7 +534,7 @@ impl DbTx {
         for chunk in chunks(keys, |k| k.len() + 8) {
             let args: Vec<Arg<'_>> = chunk.iter().map(|k| Arg::Bytes(k)).collect();
             let sql = self.q.many(Many::KvDelete, chunk.len());
-            self.inner.exec(&sql, &args).await?;
+            self.inner.exec(&sql, &args, &*self.dialect).await?;
         }
         Ok(())
     }
@@ -548,111 +557,29 @@ impl DbTx {
                 ]);
             }
             let sql = self.q.many(Many::LogInsert, chunk.len());
-            self.inner.exec(&sql, &args).await?;
+            self.inner.exec(&sql, &args, &*self.dialect).await?;
         }
         Ok(())
     }
 
     /// Changes with revision in `(after, upto]`, in order, each with the
-    /// version it replaced. At most `limit` rows; a revision is never split
-    /// unless it alone exceeds the limit.
-    pub async fn changes(
-        &mut self,
-        after: Revision,
-        upto: Revision,
-        limit: i64,
-    ) -> Result<Vec<LoggedChange>> {
-        const COLS: [Col; 15] = [
-            Col::I64,
-            Col::I64,
-            Col::Bytes,
-            Col::I64,
-            Col::I64,
-            Col::I64,
-            Col::Bytes,
-            Col::I64,
-            Col::I64,
-            // prev: create, mod, version, lease, value (NULL when absent)
-            Col::I64,
-            Col::I64,
-            Col::I64,
-            Col::I64,
-            Col::Bytes,
-            Col::I64,
-        ];
-        let v = self
-            .fetch(
-                Q::LogChanges,
-                &[Arg::I64(after), Arg::I64(upto), Arg::I64(limit)],
-                &COLS,
-            )
-            .await?;
-        let mut out = Vec::with_capacity(v.len() / COLS.len());
-        for row in v.chunks_exact(COLS.len()) {
-            let key = row[2].clone().bytes();
-            let prev = (!row[14].is_null()).then(|| KeyValue {
-                key: key.clone(),
-                create_revision: row[9].i64(),
-                mod_revision: row[10].i64(),
-                version: row[11].i64(),
-                lease: row[12].i64(),
-                value: row[13].clone().bytes(),
-            });
-            out.push(LoggedChange {
-                row: LogRow {
-                    revision: row[0].i64(),
-                    sub: row[1].i64(),
-                    kv: KeyValue {
-                        key,
-                        create_revision: row[3].i64(),
-                        mod_revision: row[0].i64(),
-                        version: row[4].i64(),
-                        lease: row[5].i64(),
-                        value: row[6].clone().bytes(),
-                    },
-                    deleted: row[7].i64() != 0,
-                    prev_revision: row[8].i64(),
-                },
-                prev,
-            });
-        }
-        Ok(out)
+    /// version it replaced (while compaction has not removed it).
+    pub async fn changes(&mut self, after: Revision, upto: Revision) -> Result<Vec<LoggedChange>> {
+        self.fetch(Q::LogChanges, &[Arg::I64(after), Arg::I64(upto)])
+            .await
     }
 
     pub async fn lease_get(&mut self, id: LeaseId) -> Result<Option<LeaseRow>> {
-        let v = self
-            .fetch(
-                Q::LeaseGet,
-                &[Arg::I64(id)],
-                &[Col::I64, Col::I64, Col::I64],
-            )
-            .await?;
-        Ok(v.chunks_exact(3).next().map(|r| LeaseRow {
-            id: r[0].i64(),
-            ttl: r[1].i64(),
-            remaining_ms: r[2].i64(),
-        }))
+        Ok(self.fetch(Q::LeaseGet, &[Arg::I64(id)]).await?.pop())
     }
 
     pub async fn lease_list(&mut self) -> Result<Vec<LeaseRow>> {
-        let v = self
-            .fetch(Q::LeaseList, &[], &[Col::I64, Col::I64, Col::I64])
-            .await?;
-        Ok(v.chunks_exact(3)
-            .map(|r| LeaseRow {
-                id: r[0].i64(),
-                ttl: r[1].i64(),
-                remaining_ms: r[2].i64(),
-            })
-            .collect())
+        self.fetch(Q::LeaseList, &[]).await
     }
 
     /// Ids of leases whose expiry has passed on the database clock.
     pub async fn leases_expired(&mut self, limit: i64) -> Result<Vec<LeaseId>> {
-        let v = self
-            .fetch(Q::LeaseExpired, &[Arg::I64(limit)], &[Col::I64])
-            .await?;
-        Ok(v.iter().map(Val::i64).collect())
+        self.fetch(Q::LeaseExpired, &[Arg::I64(limit)]).await
     }
 
     /// Creates a lease expiring `ttl` seconds from now (database clock).
@@ -682,7 +609,7 @@ impl DbTx {
 
     /// Live keys attached to a lease, ascending.
     pub async fn keys_with_lease(&mut self, id: LeaseId) -> Result<Vec<KeyValue>> {
-        kvs_from(self.fetch(Q::KvByLease, &[Arg::I64(id)], &KV_COLS).await?)
+        self.fetch(Q::KvByLease, &[Arg::I64(id)]).await
     }
 
     /// Deletes log rows made unreachable by a compaction at `compact`, for
@@ -712,27 +639,6 @@ impl DbTx {
 
     /// Revision up to which the log has been physically compacted.
     pub async fn compacted_to(&mut self) -> Result<Revision> {
-        let v = self.fetch(Q::MetaCompactedTo, &[], &[Col::I64]).await?;
-        Ok(v.first().map_or(0, Val::i64))
-    }
-}
-
-impl Val {
-    pub fn i64(&self) -> i64 {
-        match self {
-            Val::I64(v) => *v,
-            _ => 0,
-        }
-    }
-
-    pub fn bytes(self) -> Bytes {
-        match self {
-            Val::Bytes(b) => Bytes::from(b),
-            _ => Bytes::new(),
-        }
-    }
-
-    pub fn is_null(&self) -> bool {
-        matches!(self, Val::Null)
+        one(self.fetch(Q::MetaCompactedTo, &[]).await?, "koine_meta")
     }
 }

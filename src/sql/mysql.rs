@@ -5,12 +5,75 @@
 //! snapshot for a whole read.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
+use futures::future::BoxFuture;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
 use sqlx::{ConnectOptions, Executor};
 
-use super::{Db, DbTls, Dialect, Pool, retry_connect};
+use super::dialect::{self, Dialect, DialectSql, LeaderSession, Notifications};
+use super::exec::{Conn, Pool};
+use super::{Db, DbTls, retry_connect};
+use crate::error::{Error, Result};
+
+pub const SQL: DialectSql = DialectSql {
+    name: "MySQL",
+    numbered_placeholders: false,
+    begin_write: "BEGIN",
+    // The reader sessions run REPEATABLE READ (set at connect), so this is
+    // one snapshot for the whole read.
+    begin_read: "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+    now_ms: "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+    lock_meta: " FOR UPDATE",
+    kv_upsert: "ON DUPLICATE KEY UPDATE create_revision = VALUES(create_revision), \
+        mod_revision = VALUES(mod_revision), version = VALUES(version), \
+        lease = VALUES(lease), value = VALUES(value)",
+    // MySQL cannot name the table being deleted from in a subquery.
+    compact_superseded: "DELETE l FROM koine_log l JOIN koine_log n ON n.k = l.k \
+        AND n.revision > l.revision WHERE l.revision >= ? AND l.revision < ? \
+        AND n.revision <= ?",
+    db_size: "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS SIGNED) \
+        FROM information_schema.tables WHERE table_schema = DATABASE()",
+    notify: None,
+    joined_current_reads: false,
+};
+
+/// GET_LOCK names are server-wide: the database's name keeps two Koine
+/// clusters on one server apart.
+const LEADER_LOCK: &str = "SELECT GET_LOCK(CONCAT('koine_leader:', DATABASE()), 0)";
+
+struct MySql {
+    pool: MySqlPool,
+}
+
+impl Dialect for MySql {
+    fn sql(&self) -> &'static DialectSql {
+        &SQL
+    }
+
+    fn error(&self, e: sqlx::Error) -> Error {
+        // SQLSTATE class 08: connection exceptions (08S01 communication
+        // link failure, 08004 too many connections).
+        dialect::classify(e, |code| code.starts_with("08"))
+    }
+
+    fn try_leader(&self) -> BoxFuture<'_, Result<Option<LeaderSession>>> {
+        Box::pin(async move {
+            let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
+            let mut conn = Conn::MySql(conn.detach());
+            let got = conn
+                .query_i64(LEADER_LOCK)
+                .await
+                .map_err(|e| self.error(e))?;
+            Ok((got == Some(1)).then(|| LeaderSession::on(conn)))
+        })
+    }
+
+    fn notifications(&self) -> BoxFuture<'_, Result<Option<Box<dyn Notifications>>>> {
+        Box::pin(async { Ok(None) })
+    }
+}
 
 /// Rewrites go-sql-driver DSNs (`user:pass@tcp(host:port)/db?…`, with or
 /// without `mysql://`) into the URL form sqlx reads. Returns the URL and
@@ -143,7 +206,9 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
         .await?;
     tracing::info!(%target, "connected to MySQL");
     Ok(Db::new(
-        Dialect::MySql,
+        Arc::new(MySql {
+            pool: write.clone(),
+        }),
         Pool::MySql(read),
         Pool::MySql(write),
     ))

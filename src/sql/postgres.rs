@@ -4,15 +4,100 @@
 //! write transaction NOTIFYs the other instances.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use sqlx::ConnectOptions;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgSslMode};
 
-use super::{Db, DbTls, Dialect, Pool, retry_connect};
+use super::dialect::{self, Dialect, DialectSql, LeaderSession, Notifications};
+use super::exec::{Conn, Pool};
+use super::{Db, DbTls, retry_connect};
+use crate::error::{Error, Result};
 
 /// The NOTIFY channel carrying new revisions.
-pub const CHANNEL: &str = "koine_revision";
+const CHANNEL: &str = "koine_revision";
+
+pub const SQL: DialectSql = DialectSql {
+    name: "PostgreSQL",
+    numbered_placeholders: true,
+    begin_write: "BEGIN",
+    begin_read: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    now_ms: "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+    lock_meta: " FOR UPDATE",
+    kv_upsert: "ON CONFLICT (k) DO UPDATE SET create_revision = excluded.create_revision, \
+        mod_revision = excluded.mod_revision, version = excluded.version, \
+        lease = excluded.lease, value = excluded.value",
+    compact_superseded: "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND EXISTS \
+        (SELECT 1 FROM koine_log n WHERE n.k = koine_log.k \
+        AND n.revision > koine_log.revision AND n.revision <= ?)",
+    db_size: "SELECT CAST(pg_database_size(current_database()) AS BIGINT)",
+    notify: Some("SELECT pg_notify('koine_revision', CAST(CAST(? AS BIGINT) AS TEXT))"),
+    joined_current_reads: true,
+};
+
+/// The advisory lock held by the leader (any constant shared by every
+/// instance of one database; advisory locks are per database).
+const LEADER_LOCK: &str =
+    "SELECT CAST(CASE WHEN pg_try_advisory_lock(727265001) THEN 1 ELSE 0 END AS BIGINT)";
+
+struct Postgres {
+    pool: PgPool,
+}
+
+/// SQLSTATEs that mean "the database is going away or not there yet":
+/// connection exceptions (class 08), admin/crash shutdown and "cannot
+/// connect now" (57P01-57P03), too many connections (53300).
+fn unavailable(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+}
+
+impl Dialect for Postgres {
+    fn sql(&self) -> &'static DialectSql {
+        &SQL
+    }
+
+    fn error(&self, e: sqlx::Error) -> Error {
+        dialect::classify(e, unavailable)
+    }
+
+    fn try_leader(&self) -> BoxFuture<'_, Result<Option<LeaderSession>>> {
+        Box::pin(async move {
+            let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
+            let mut conn = Conn::Postgres(conn.detach());
+            let got = conn
+                .query_i64(LEADER_LOCK)
+                .await
+                .map_err(|e| self.error(e))?;
+            Ok((got == Some(1)).then(|| LeaderSession::on(conn)))
+        })
+    }
+
+    fn notifications(&self) -> BoxFuture<'_, Result<Option<Box<dyn Notifications>>>> {
+        Box::pin(async move {
+            let mut l = PgListener::connect_with(&self.pool)
+                .await
+                .map_err(|e| self.error(e))?;
+            l.listen(CHANNEL).await.map_err(|e| self.error(e))?;
+            Ok(Some(Box::new(Listener(l)) as Box<dyn Notifications>))
+        })
+    }
+}
+
+struct Listener(PgListener);
+
+impl Notifications for Listener {
+    fn recv(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.0
+                .recv()
+                .await
+                .map(|_| ())
+                .map_err(|e| dialect::classify(e, unavailable))
+        })
+    }
+}
 
 pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
     let mut opts = PgConnectOptions::from_str(dsn)
@@ -81,7 +166,9 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
         .await?;
     tracing::info!(%target, "connected to PostgreSQL");
     Ok(Db::new(
-        Dialect::Postgres,
+        Arc::new(Postgres {
+            pool: write.clone(),
+        }),
         Pool::Postgres(read),
         Pool::Postgres(write),
     ))

@@ -1,14 +1,10 @@
-//! The SQL text, written once with `?` placeholders and rendered per dialect.
+//! The SQL text, written once with `?` placeholders; a database's own
+//! fragments ([`DialectSql`]) are spliced in and its placeholders rendered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Sqlite,
-    Postgres,
-    MySql,
-}
+use super::DialectSql;
 
 /// Every statement the store runs, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,9 +45,9 @@ pub enum Q {
 
 const KV_FIELDS: &str = "k, create_revision, mod_revision, version, lease, value";
 
-/// Rendered statements for one dialect.
+/// Rendered statements for one database.
 pub struct Queries {
-    dialect: Dialect,
+    sql: &'static DialectSql,
     texts: HashMap<Q, Arc<str>>,
     /// Multi-row statements by (kind, rows).
     log_inserts: Mutex<HashMap<(Many, usize), Arc<str>>>,
@@ -66,16 +62,14 @@ pub enum Many {
 }
 
 impl Queries {
-    pub fn new(dialect: Dialect) -> Queries {
-        let now_ms = match dialect {
-            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
-            Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-            Dialect::MySql => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
-        };
-        let for_update = match dialect {
-            Dialect::Sqlite => "",
-            _ => " FOR UPDATE",
-        };
+    pub fn new(sql: &'static DialectSql) -> Queries {
+        let DialectSql {
+            now_ms,
+            lock_meta,
+            compact_superseded,
+            db_size,
+            ..
+        } = *sql;
         // A read at revision R (see `DbTx::range_at`): keys not changed
         // since R come from the current-state table...
         let unchanged = |bounded: bool, count: bool| {
@@ -103,34 +97,11 @@ impl Queries {
                  WHERE l.deleted = 0 ORDER BY l.k"
             )
         };
-        let compact_superseded = match dialect {
-            Dialect::MySql => "DELETE l FROM koine_log l JOIN koine_log n ON n.k = l.k \
-                AND n.revision > l.revision WHERE l.revision >= ? AND l.revision < ? \
-                AND n.revision <= ?"
-                .to_string(),
-            _ => "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND EXISTS \
-                (SELECT 1 FROM koine_log n WHERE n.k = koine_log.k \
-                AND n.revision > koine_log.revision AND n.revision <= ?)"
-                .to_string(),
-        };
-        let db_size = match dialect {
-            Dialect::Sqlite => "SELECT page_count * page_size FROM pragma_page_count(), \
-                pragma_page_size()"
-                .to_string(),
-            Dialect::Postgres => {
-                "SELECT CAST(pg_database_size(current_database()) AS BIGINT)".to_string()
-            }
-            Dialect::MySql => {
-                "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS SIGNED) \
-                FROM information_schema.tables WHERE table_schema = DATABASE()"
-                    .to_string()
-            }
-        };
-        let texts: Vec<(Q, String)> = vec![
+        let mut texts: Vec<(Q, String)> = vec![
             (
                 Q::MetaLock,
                 format!(
-                    "SELECT revision, compact_revision FROM koine_meta WHERE id = 1{for_update}"
+                    "SELECT revision, compact_revision FROM koine_meta WHERE id = 1{lock_meta}"
                 ),
             ),
             (
@@ -207,12 +178,12 @@ impl Queries {
                 Q::LogChanges,
                 "SELECT l.revision, l.sub, l.k, l.create_revision, l.version, l.lease, \
                  l.value, l.deleted, l.prev_revision, p.create_revision, p.revision, \
-                 p.version, p.lease, p.value, p.sub FROM koine_log l LEFT JOIN koine_log p \
+                 p.version, p.lease, p.value FROM koine_log l LEFT JOIN koine_log p \
                  ON p.k = l.k AND p.revision = l.prev_revision AND l.prev_revision > 0 \
-                 WHERE l.revision > ? AND l.revision <= ? ORDER BY l.revision, l.sub LIMIT ?"
+                 WHERE l.revision > ? AND l.revision <= ? ORDER BY l.revision, l.sub"
                     .into(),
             ),
-            (Q::LogCompactSuperseded, compact_superseded),
+            (Q::LogCompactSuperseded, compact_superseded.into()),
             (
                 Q::LogCompactTombstones,
                 "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND deleted = 1 \
@@ -247,28 +218,25 @@ impl Queries {
                 Q::LeaseDelete,
                 "DELETE FROM koine_lease WHERE id = ?".into(),
             ),
-            (Q::DbSize, db_size),
-            (
-                Q::Notify,
-                "SELECT pg_notify('koine_revision', CAST(CAST(? AS BIGINT) AS TEXT))".into(),
-            ),
+            (Q::DbSize, db_size.into()),
         ];
+        if let Some(notify) = sql.notify {
+            texts.push((Q::Notify, notify.into()));
+        }
         Queries {
-            dialect,
+            sql,
             texts: texts
                 .into_iter()
-                .map(|(q, sql)| (q, render(dialect, &sql).into()))
+                .map(|(q, text)| (q, render(sql, &text).into()))
                 .collect(),
             log_inserts: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
-    pub fn get(&self, q: Q) -> &Arc<str> {
-        &self.texts[&q]
+    /// The statement `q`; `None` for one this database does without
+    /// (`Q::Notify` where instances poll).
+    pub fn get(&self, q: Q) -> Option<&Arc<str>> {
+        self.texts.get(&q)
     }
 
     /// A multi-row statement for `rows` rows (cached per size).
@@ -285,18 +253,7 @@ impl Queries {
                     ),
                     Many::KvUpsert => {
                         let values = vec!["(?, ?, ?, ?, ?, ?)"; rows].join(", ");
-                        let update = match self.dialect {
-                            Dialect::MySql => {
-                                "ON DUPLICATE KEY UPDATE create_revision = VALUES(create_revision), \
-                                 mod_revision = VALUES(mod_revision), version = VALUES(version), \
-                                 lease = VALUES(lease), value = VALUES(value)"
-                            }
-                            _ => {
-                                "ON CONFLICT (k) DO UPDATE SET create_revision = excluded.create_revision, \
-                                 mod_revision = excluded.mod_revision, version = excluded.version, \
-                                 lease = excluded.lease, value = excluded.value"
-                            }
-                        };
+                        let update = self.sql.kv_upsert;
                         format!("INSERT INTO koine_kv ({KV_FIELDS}) VALUES {values} {update}")
                     }
                     Many::KvDelete => format!(
@@ -304,15 +261,16 @@ impl Queries {
                         vec!["?"; rows].join(", ")
                     ),
                 };
-                render(self.dialect, &sql).into()
+                render(self.sql, &sql).into()
             })
             .clone()
     }
 }
 
-/// Rewrites `?` placeholders to `$1, $2, …` for PostgreSQL.
-fn render(dialect: Dialect, sql: &str) -> String {
-    if dialect != Dialect::Postgres {
+/// Rewrites `?` placeholders to `$1, $2, …` where the database numbers
+/// them.
+fn render(dialect: &DialectSql, sql: &str) -> String {
+    if !dialect.numbered_placeholders {
         return sql.to_string();
     }
     let mut out = String::with_capacity(sql.len() + 16);
@@ -336,9 +294,9 @@ mod tests {
     #[test]
     fn postgres_placeholders_are_numbered() {
         assert_eq!(
-            render(Dialect::Postgres, "a = ? AND b < ?"),
+            render(&crate::sql::postgres::SQL, "a = ? AND b < ?"),
             "a = $1 AND b < $2"
         );
-        assert_eq!(render(Dialect::MySql, "a = ?"), "a = ?");
+        assert_eq!(render(&crate::sql::mysql::SQL, "a = ?"), "a = ?");
     }
 }

@@ -1,14 +1,61 @@
 //! SQLite: the embedded default. One writer connection (`BEGIN IMMEDIATE`,
 //! WAL, `synchronous=FULL` so an acknowledged write survives power loss) and a
-//! small pool of readers that see committed snapshots.
+//! small pool of readers that see committed snapshots. One process owns the
+//! file, so it is always the leader and nobody else writes: no row locks,
+//! no notifications.
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{Db, Dialect, Pool};
+use super::Db;
+use super::dialect::{self, Dialect, DialectSql, LeaderSession, Notifications};
+use super::exec::Pool;
+use crate::error::{Error, Result};
+
+pub const SQL: DialectSql = DialectSql {
+    name: "SQLite",
+    numbered_placeholders: false,
+    begin_write: "BEGIN IMMEDIATE",
+    begin_read: "BEGIN",
+    now_ms: "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+    // BEGIN IMMEDIATE already holds the database's single write lock.
+    lock_meta: "",
+    kv_upsert: "ON CONFLICT (k) DO UPDATE SET create_revision = excluded.create_revision, \
+        mod_revision = excluded.mod_revision, version = excluded.version, \
+        lease = excluded.lease, value = excluded.value",
+    compact_superseded: "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND EXISTS \
+        (SELECT 1 FROM koine_log n WHERE n.k = koine_log.k \
+        AND n.revision > koine_log.revision AND n.revision <= ?)",
+    db_size: "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+    notify: None,
+    joined_current_reads: true,
+};
+
+struct Sqlite;
+
+impl Dialect for Sqlite {
+    fn sql(&self) -> &'static DialectSql {
+        &SQL
+    }
+
+    fn error(&self, e: sqlx::Error) -> Error {
+        // A file on a local disk is never "unreachable".
+        dialect::classify(e, |_| false)
+    }
+
+    fn try_leader(&self) -> BoxFuture<'_, Result<Option<LeaderSession>>> {
+        Box::pin(async { Ok(Some(LeaderSession::sole())) })
+    }
+
+    fn notifications(&self) -> BoxFuture<'_, Result<Option<Box<dyn Notifications>>>> {
+        Box::pin(async { Ok(None) })
+    }
+}
 
 /// Where and how to open the SQLite file, parsed from a kine-style DSN.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,10 +137,42 @@ pub async fn connect(cfg: &SqliteConfig) -> anyhow::Result<Db> {
         .await?;
     tracing::info!(path = %cfg.path.display(), "opened SQLite database");
     Ok(Db::new(
-        Dialect::Sqlite,
+        Arc::new(Sqlite),
         Pool::Sqlite(read),
         Pool::Sqlite(write),
     ))
+}
+
+/// A private in-memory database with Koine's schema, for the engine's unit
+/// tests: one writer connection and one reader sharing its cache.
+#[cfg(test)]
+pub async fn memory() -> Db {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "file:koine-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let opts = SqliteConnectOptions::new()
+        .filename(&name)
+        .in_memory(true)
+        .shared_cache(true);
+    let pool = |n| {
+        SqlitePoolOptions::new()
+            .max_connections(n)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts.clone())
+    };
+    let write = pool(1).await.expect("in-memory SQLite");
+    sqlx::migrate!("migrations/sqlite")
+        .run(&write)
+        .await
+        .expect("migrations");
+    let read = pool(1).await.expect("in-memory SQLite");
+    Db::new(Arc::new(Sqlite), Pool::Sqlite(read), Pool::Sqlite(write))
 }
 
 #[cfg(test)]

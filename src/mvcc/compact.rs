@@ -1,0 +1,110 @@
+//! Compaction, as etcd defines it: `Compact(rev)` makes every revision
+//! below `rev` unreadable (reads there fail with "required revision has
+//! been compacted") and is exact — no retention is added. The compact
+//! revision is recorded in the meta row at once; the log rows no read can
+//! reach any more are removed afterwards, in small transactions of
+//! `COMPACT_STEP` revisions so writers are never held up for long.
+//!
+//! Background compaction (`--compact-interval`, kine's scheme) compacts to
+//! `current - --compact-min-retain` on the leader instance only;
+//! Kubernetes compacts through the API by itself.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::mvcc::Store;
+use crate::mvcc::apply::BatchState;
+use crate::mvcc::writer::{BoxFut, Write};
+use crate::sql::{Db, DbTx};
+use crate::types::Revision;
+
+/// Revisions per physical-compaction transaction.
+const COMPACT_STEP: i64 = 1000;
+
+/// KV.Compact: the compact revision becomes `revision`.
+pub struct Compact {
+    pub revision: Revision,
+}
+
+impl Write for Compact {
+    type Output = ();
+    fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            if self.revision <= state.compact {
+                return Err(Error::Compacted {
+                    required: self.revision,
+                    compacted: state.compact,
+                });
+            }
+            if self.revision > state.revision {
+                return Err(Error::FutureRevision {
+                    required: self.revision,
+                    current: state.revision,
+                });
+            }
+            tx.set_compact_revision(self.revision).await?;
+            state.compact = self.revision;
+            Ok(())
+        })
+    }
+}
+
+/// Removes log rows no read can reach any more (below the compact
+/// revision), step by step. `lock` serialises the runs of one instance.
+pub async fn remove_unreachable(db: &Db, lock: &tokio::sync::Mutex<()>) -> Result<()> {
+    let _guard = lock.lock().await;
+    let (target, mut done) = {
+        let mut tx = db.begin_read().await?;
+        let meta = tx.read_meta().await?;
+        let done = tx.compacted_to().await?;
+        tx.commit().await?;
+        (meta.compact_revision, done)
+    };
+    while done < target {
+        let to = (done + COMPACT_STEP).min(target);
+        let mut tx = db.begin_write().await?;
+        let removed = tx.compact_step(target, done + 1, to + 1).await?;
+        tx.commit().await?;
+        tracing::debug!(from = done + 1, to, removed, "compacted log rows");
+        done = to;
+    }
+    Ok(())
+}
+
+/// While this instance is the leader, compacts to `current - retain`
+/// every `every` (0 disables it).
+pub async fn compact_loop(
+    store: Store,
+    every: Duration,
+    retain: i64,
+    is_leader: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
+    if every.is_zero() {
+        return;
+    }
+    crate::mvcc::leader::while_leader(every, is_leader, cancel, || async {
+        if let Err(e) = compact_once(&store, retain).await {
+            tracing::warn!(error = %e, "background compaction failed");
+        }
+    })
+    .await;
+}
+
+async fn compact_once(store: &Store, retain: i64) -> Result<()> {
+    let meta = store.meta().await?;
+    let target = meta.revision - retain;
+    if target > meta.compact_revision {
+        match store.write(Compact { revision: target }).await {
+            // Someone else compacted further meanwhile: fine.
+            Ok(_) | Err(Error::Compacted { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        tracing::info!(revision = target, "compacted");
+    }
+    store.compact_physically().await
+}

@@ -1,0 +1,119 @@
+//! What differs between SQLite, PostgreSQL and MySQL/MariaDB, behind one
+//! small trait. Each database implements it in its own file (`sqlite.rs`,
+//! `postgres.rs`, `mysql.rs`), which holds all of that database's
+//! differences: its SQL fragments, how transactions begin, the leader lock,
+//! the change feed, error classification and the size query. The shared
+//! persistence logic (`sql/mod.rs`, `queries.rs`, `exec.rs`) asks the
+//! trait and names no database.
+
+use futures::future::BoxFuture;
+
+use super::exec::Conn;
+use crate::error::{Error, Result};
+
+pub trait Dialect: Send + Sync + 'static {
+    /// The SQL fragments the shared statements are built from.
+    fn sql(&self) -> &'static DialectSql;
+
+    /// Classifies a driver error: `Error::Unavailable` when the database is
+    /// unreachable, going away or refusing connections (the request may be
+    /// retried elsewhere), `Error::Database` otherwise.
+    fn error(&self, e: sqlx::Error) -> Error;
+
+    /// Tries to become the leader, the one instance that expires leases and
+    /// compacts in the background. `Ok(None)`: another instance is.
+    fn try_leader(&self) -> BoxFuture<'_, Result<Option<LeaderSession>>>;
+
+    /// A stream of "another instance committed" wake-ups, where the
+    /// database can push them (PostgreSQL LISTEN); `None` where instances
+    /// only poll.
+    fn notifications(&self) -> BoxFuture<'_, Result<Option<Box<dyn Notifications>>>>;
+}
+
+/// SQL text that differs per database, spliced into the statements of
+/// `queries.rs`.
+#[derive(Debug)]
+pub struct DialectSql {
+    /// For logs.
+    pub name: &'static str,
+    /// PostgreSQL numbers its placeholders (`$1, $2, …`); the others take
+    /// `?`, which is what the shared statements are written with.
+    pub numbered_placeholders: bool,
+    /// Begins a write transaction holding whatever the database needs held
+    /// (SQLite: the write lock at once, so no writer ever waits mid-way).
+    pub begin_write: &'static str,
+    /// Begins a read-only transaction whose statements share one snapshot.
+    pub begin_read: &'static str,
+    /// The database clock in milliseconds since the epoch (lease expiry is
+    /// measured on it, so every instance agrees).
+    pub now_ms: &'static str,
+    /// Appended to the meta row's SELECT in a write transaction: the row
+    /// lock that serialises writers and makes revisions dense.
+    pub lock_meta: &'static str,
+    /// The tail of `INSERT INTO koine_kv … VALUES …` that updates a row
+    /// whose key exists.
+    pub kv_upsert: &'static str,
+    /// Deletes the log rows in `[?, ?)` superseded by a newer row of their
+    /// key at or below `?` (the compact revision).
+    pub compact_superseded: &'static str,
+    /// The database's size in bytes.
+    pub db_size: &'static str,
+    /// Sent in each write transaction that made a revision, so other
+    /// instances wake at commit (`?`: the revision); `None`: they poll.
+    pub notify: Option<&'static str>,
+    /// Whether a read at the current revision may be one statement joining
+    /// the meta row (no transaction). MySQL sorts that join's BLOBs through
+    /// on-disk temporary tables; a snapshot transaction is faster there.
+    pub joined_current_reads: bool,
+}
+
+/// The shared part of every dialect's error classification: connection
+/// failures are `Unavailable` whatever the database; `unavailable_code`
+/// names the database's own codes that mean the same.
+pub fn classify(e: sqlx::Error, unavailable_code: impl Fn(&str) -> bool) -> Error {
+    match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Error::Unavailable(e),
+        sqlx::Error::Database(db) if db.code().as_deref().is_some_and(unavailable_code) => {
+            Error::Unavailable(e)
+        }
+        _ => Error::Database(e),
+    }
+}
+
+/// Holds the leader lock while it lives: a connection of its own on
+/// PostgreSQL and MySQL (the lock dies with it); nothing on SQLite, where
+/// one process owns the file.
+pub struct LeaderSession {
+    conn: Option<Conn>,
+}
+
+impl LeaderSession {
+    /// The single-process case: always the leader.
+    pub fn sole() -> LeaderSession {
+        LeaderSession { conn: None }
+    }
+
+    pub fn on(conn: Conn) -> LeaderSession {
+        LeaderSession { conn: Some(conn) }
+    }
+
+    /// False once the lock's connection is gone (and with it the lock).
+    pub async fn alive(&mut self) -> bool {
+        match &mut self.conn {
+            None => true,
+            Some(c) => c.ping().await,
+        }
+    }
+}
+
+/// Wake-ups sent by other instances' commits.
+pub trait Notifications: Send {
+    /// Waits for the next one; an error means the connection broke (the
+    /// caller keeps polling meanwhile).
+    fn recv(&mut self) -> BoxFuture<'_, Result<()>>;
+}

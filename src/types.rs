@@ -1,0 +1,81 @@
+//! The etcd data model without protobuf: the values every layer shares
+//! (the engine in `mvcc`, persistence in `sql`, the gRPC services). A leaf:
+//! it imports nothing of the crate.
+
+use bytes::Bytes;
+
+/// A store revision. Revision 1 is the empty store.
+pub type Revision = i64;
+/// A lease id; 0 means "no lease".
+pub type LeaseId = i64;
+
+/// One version of one key, as etcd's `mvccpb.KeyValue`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyValue {
+    pub key: Bytes,
+    pub create_revision: Revision,
+    pub mod_revision: Revision,
+    pub version: i64,
+    pub value: Bytes,
+    pub lease: LeaseId,
+}
+
+/// A committed change to one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// For a put, the new version; for a delete, the key with `mod_revision`
+    /// set to the deleting revision and everything else empty.
+    pub kv: KeyValue,
+    /// The version before this change, if the key existed.
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// A key interval as etcd defines it: `end` empty means the single key
+/// `start`; `end == [0]` means every key `>= start`; otherwise `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Bytes,
+    /// Exclusive upper bound; `None` means unbounded.
+    pub end: Option<Bytes>,
+}
+
+impl KeyRange {
+    /// Builds the interval from etcd's `(key, range_end)` pair.
+    pub fn from_etcd(key: &Bytes, range_end: &Bytes) -> KeyRange {
+        if range_end.is_empty() {
+            let mut end = Vec::with_capacity(key.len() + 1);
+            end.extend_from_slice(key);
+            end.push(0);
+            KeyRange {
+                start: key.clone(),
+                end: Some(end.into()),
+            }
+        } else if range_end.as_ref() == [0] {
+            KeyRange {
+                start: key.clone(),
+                end: None,
+            }
+        } else {
+            KeyRange {
+                start: key.clone(),
+                end: Some(range_end.clone()),
+            }
+        }
+    }
+
+    /// True when the interval is provably empty (`end <= start`).
+    pub fn is_empty(&self) -> bool {
+        matches!(&self.end, Some(end) if end <= &self.start)
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_ref() && self.end.as_ref().is_none_or(|end| key < end.as_ref())
+    }
+}
