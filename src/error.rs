@@ -22,6 +22,8 @@ pub mod text {
     pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
     pub const TIMEOUT: &str = "etcdserver: request timed out";
     pub const STOPPED: &str = "etcdserver: server stopped";
+    pub const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
+    pub const CORRUPT: &str = "etcdserver: corrupt cluster";
 }
 
 /// Everything that can go wrong below the gRPC layer.
@@ -62,9 +64,20 @@ pub enum Error {
     /// (classified by the database's dialect, `sql/dialect.rs`).
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// The database is out of space (a full disk).
+    #[error("database out of space: {0}")]
+    NoSpace(#[source] sqlx::Error),
+    /// The database found its own data corrupt.
+    #[error("database corrupt: {0}")]
+    Corrupt(#[source] sqlx::Error),
     /// Any other database failure.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// COMMIT failed and the database could not be asked whether it took
+    /// effect: the write may or may not have happened (etcd's "request
+    /// timed out" means the same), and must not be retried blindly.
+    #[error("outcome of the write unknown: {0}")]
+    OutcomeUnknown(String),
     /// Data read back from the database that breaks an invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -79,7 +92,12 @@ impl Error {
     pub fn fails_batch(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable(_) | Error::Database(_) | Error::Internal(_)
+            Error::Unavailable(_)
+                | Error::NoSpace(_)
+                | Error::Corrupt(_)
+                | Error::Database(_)
+                | Error::OutcomeUnknown(_)
+                | Error::Internal(_)
         )
     }
 }
@@ -102,10 +120,22 @@ impl From<Error> for Status {
             Error::LeaseTtlTooLarge => (Code::OutOfRange, LEASE_TTL_TOO_LARGE),
             Error::RequestTooLarge => (Code::InvalidArgument, REQUEST_TOO_LARGE),
             Error::Timeout => (Code::Unavailable, TIMEOUT),
+            Error::OutcomeUnknown(why) => {
+                tracing::error!(%why, "write outcome unknown");
+                (Code::Unavailable, TIMEOUT)
+            }
             Error::Stopped => (Code::Unavailable, STOPPED),
             Error::Unavailable(err) => {
                 tracing::warn!(error = %err, "database unavailable");
                 return Status::unavailable("koine: database unavailable");
+            }
+            Error::NoSpace(err) => {
+                tracing::error!(error = %err, "database out of space");
+                return Status::resource_exhausted(NO_SPACE);
+            }
+            Error::Corrupt(err) => {
+                tracing::error!(error = %err, "database corrupt");
+                return Status::data_loss(CORRUPT);
             }
             Error::Database(err) => {
                 tracing::error!(error = %err, "database error");

@@ -43,13 +43,15 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Flags are checked before any connection is made.
+    let tls = serve::server_tls(&config)?;
     let db = match config.storage()? {
         Endpoint::Sqlite(cfg) => sql::sqlite::connect(&cfg).await?,
         Endpoint::Postgres(dsn) => sql::postgres::connect(&dsn, &config.db_tls()).await?,
         Endpoint::MySql(dsn) => sql::mysql::connect(&dsn, &config.db_tls()).await?,
         // Passthrough mode: a proxy to an etcd cluster, no database.
         Endpoint::Etcd(endpoints) => {
-            return passthrough::serve(config, endpoints, listener, shutdown).await;
+            return passthrough::serve(config, endpoints, tls, listener, shutdown).await;
         }
     };
     let local = listener.local_addr()?;
@@ -119,15 +121,29 @@ pub async fn run(
         shared: shared.clone(),
     }))
     .add_service(serve::grpc_health().await);
+    let refresher = tokio::spawn(server::http::refresh_metrics(
+        shared.clone(),
+        cancel.clone(),
+    ));
     // gRPC and etcd's plain-HTTP endpoints share the client port.
-    let routes = tonic::service::Routes::from(
+    let routes = tonic::service::Routes::from(serve::with_unknown_routes(
         grpc.into_axum_router()
             .merge(server::http::routes(shared.clone())),
-    );
+        &[
+            "etcdserverpb.KV",
+            "etcdserverpb.Lease",
+            "etcdserverpb.Watch",
+            "etcdserverpb.Maintenance",
+            "etcdserverpb.Cluster",
+            "grpc.health.v1.Health",
+        ],
+        Some(limits.max_recv_bytes()),
+    ));
     tracing::info!(address = %local, "serving etcd API");
-    serve::serve_routes(routes, &config, metrics, listener, shutdown, cancel.clone()).await?;
+    serve::serve_routes(routes, tls, metrics, listener, shutdown, cancel.clone()).await?;
 
     cancel.cancel();
+    let _ = refresher.await;
     // The writer drains once the last handle to the store is gone.
     drop(shared);
     engine.stop().await;

@@ -163,13 +163,29 @@ pub fn go_code_name(code: Code) -> &'static str {
     }
 }
 
-/// The gRPC type of a method, by path.
-fn grpc_type(path: &str) -> &'static str {
-    match path {
-        "/etcdserverpb.Watch/Watch" | "/etcdserverpb.Lease/LeaseKeepAlive" => "bidi_stream",
-        "/etcdserverpb.Maintenance/Snapshot"
-        | "/etcdserverpb.KV/RangeStream"
-        | "/grpc.health.v1.Health/Watch" => "server_stream",
+/// The labels of a request path: `(service, method)` if Koine knows the
+/// method, `("unknown", "unknown")` otherwise, so no client can grow the
+/// metrics without bound (etcd's gRPC metrics likewise know only
+/// registered methods).
+fn method_labels(path: &str) -> (&'static str, &'static str) {
+    let known = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .and_then(|(service, method)| {
+            let (s, methods) = crate::proto::METHODS.iter().find(|(s, _)| *s == service)?;
+            let m = methods.iter().find(|m| **m == method)?;
+            Some((*s, *m))
+        });
+    known.unwrap_or(("unknown", "unknown"))
+}
+
+/// The gRPC type of a method.
+fn grpc_type(service: &str, method: &str) -> &'static str {
+    match (service, method) {
+        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
+        ("etcdserverpb.Maintenance", "Snapshot")
+        | ("etcdserverpb.KV", "RangeStream")
+        | ("grpc.health.v1.Health", "Watch") => "server_stream",
         _ => "unary",
     }
 }
@@ -201,15 +217,15 @@ pub struct GrpcMetrics<S> {
 struct Call {
     metrics: Arc<Metrics>,
     kind: &'static str,
-    service: String,
-    method: String,
+    service: &'static str,
+    method: &'static str,
 }
 
 impl Call {
     fn handled(&self, code: &str) {
         self.metrics
             .grpc_handled
-            .with_label_values(&[self.kind, &self.service, &self.method, code])
+            .with_label_values(&[self.kind, self.service, self.method, code])
             .inc();
     }
 }
@@ -231,27 +247,27 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let path = req.uri().path().to_string();
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let call = match (grpc, path.strip_prefix('/').and_then(|p| p.split_once('/'))) {
-            (true, Some((service, method))) => {
+        let call = match grpc {
+            true => {
+                let (service, method) = method_labels(req.uri().path());
                 let call = Call {
                     metrics: self.metrics.clone(),
-                    kind: grpc_type(&path),
-                    service: service.to_string(),
-                    method: method.to_string(),
+                    kind: grpc_type(service, method),
+                    service,
+                    method,
                 };
-                let labels = [call.kind, call.service.as_str(), call.method.as_str()];
+                let labels = [call.kind, call.service, call.method];
                 self.metrics.grpc_started.with_label_values(&labels).inc();
                 if call.kind == "unary" {
                     self.metrics.grpc_received.with_label_values(&labels).inc();
                 }
                 Some(call)
             }
-            _ => None,
+            false => None,
         };
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -322,7 +338,7 @@ where
                     } else if frame.is_data() {
                         call.metrics
                             .grpc_sent
-                            .with_label_values(&[call.kind, &call.service, &call.method])
+                            .with_label_values(&[call.kind, call.service, call.method])
                             .inc();
                     }
                 }

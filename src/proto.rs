@@ -10,3 +10,75 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
+
+/// Every method of the etcd v3 API and of gRPC health, by service.
+pub const METHODS: &[(&str, &[&str])] = &[
+    (
+        "etcdserverpb.KV",
+        &[
+            "Range",
+            "RangeStream",
+            "Put",
+            "DeleteRange",
+            "Txn",
+            "Compact",
+        ],
+    ),
+    ("etcdserverpb.Watch", &["Watch"]),
+    (
+        "etcdserverpb.Lease",
+        &[
+            "LeaseGrant",
+            "LeaseRevoke",
+            "LeaseKeepAlive",
+            "LeaseTimeToLive",
+            "LeaseLeases",
+        ],
+    ),
+    (
+        "etcdserverpb.Cluster",
+        &[
+            "MemberAdd",
+            "MemberRemove",
+            "MemberUpdate",
+            "MemberList",
+            "MemberPromote",
+        ],
+    ),
+    (
+        "etcdserverpb.Maintenance",
+        &[
+            "Alarm",
+            "Status",
+            "Defragment",
+            "Hash",
+            "HashKV",
+            "Snapshot",
+            "MoveLeader",
+            "Downgrade",
+        ],
+    ),
+    (
+        "etcdserverpb.Auth",
+        &[
+            "AuthEnable",
+            "AuthDisable",
+            "AuthStatus",
+            "Authenticate",
+            "UserAdd",
+            "UserGet",
+            "UserList",
+            "UserDelete",
+            "UserChangePassword",
+            "UserGrantRole",
+            "UserRevokeRole",
+            "RoleAdd",
+            "RoleGet",
+            "RoleList",
+            "RoleDelete",
+            "RoleGrantPermission",
+            "RoleRevokePermission",
+        ],
+    ),
+    ("grpc.health.v1.Health", &["Check", "Watch"]),
+];

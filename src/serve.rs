@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::metrics::{GrpcMetricsLayer, Metrics};
 
+/// The HTTP/2 connection flow-control window (see `serve_routes`).
+const CONNECTION_WINDOW: u32 = 8 << 20;
+
 /// gRPC health (`grpc.health.v1`) with the overall service `""` serving,
 /// as etcd registers it.
 pub async fn grpc_health()
@@ -32,7 +35,7 @@ pub async fn grpc_health()
 /// gracefully.
 pub async fn serve_routes(
     routes: tonic::service::Routes,
-    config: &Config,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     metrics: Arc<Metrics>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -41,9 +44,17 @@ pub async fn serve_routes(
     let mut builder = tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
+        // h2 closes a connection (GOAWAY "too_many_data_frames") once the
+        // small DATA frames it holds unread exceed half the connection
+        // window. Clients legitimately burst small messages on one stream
+        // (kube-apiserver's watches share a connection; thousands of
+        // WatchCreate or LeaseKeepAlive requests in a row), and each
+        // stream's 64 KiB window already bounds what one stream buffers; a
+        // larger connection window lets such bursts through.
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(7200)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-    if let Some(tls) = server_tls(config)? {
+    if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
     let router = builder
@@ -74,19 +85,135 @@ pub fn scheme(config: &Config) -> &'static str {
 
 /// TLS for the client port from `--server-cert-file`/`--server-key-file`,
 /// with client certificates required when `--trusted-ca-file` is given.
-fn server_tls(config: &Config) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+/// Checked before anything starts: a missing or unreadable file is named,
+/// and a trusted CA without a server certificate is refused — Koine would
+/// otherwise serve plaintext to anyone while asked to check clients.
+pub fn server_tls(config: &Config) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use anyhow::Context;
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+    };
     let (Some(cert), Some(key)) = (&config.server_cert_file, &config.server_key_file) else {
         if config.server_cert_file.is_some() || config.server_key_file.is_some() {
             anyhow::bail!("--server-cert-file and --server-key-file go together");
         }
+        if config.trusted_ca_file.is_some() {
+            anyhow::bail!(
+                "--trusted-ca-file requires --server-cert-file and --server-key-file: \
+                 without TLS no client certificate can be checked"
+            );
+        }
         return Ok(None);
     };
-    let identity = tonic::transport::Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
+    let identity = tonic::transport::Identity::from_pem(
+        read("--server-cert-file", cert)?,
+        read("--server-key-file", key)?,
+    );
     let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
     if let Some(ca) = &config.trusted_ca_file {
-        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(std::fs::read(ca)?));
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            "--trusted-ca-file",
+            ca,
+        )?));
     }
     Ok(Some(tls))
+}
+
+/// Adds to `router` (the gRPC services and HTTP endpoints of one mode) the
+/// answers for everything else, as etcd (grpc-go and Go's HTTP server)
+/// gives them: a gRPC call of a service not registered here (`services`)
+/// gets `Unimplemented` "unknown service S", of a method the service does
+/// not have "unknown method M for service S"; any other HTTP request 404.
+///
+/// Requests over tonic's decode limit get grpc-go's answer too (see
+/// [`grpc_go_status`]), reporting `recv_limit`.
+pub fn with_unknown_routes(
+    router: axum::Router,
+    services: &'static [&'static str],
+    recv_limit: Option<usize>,
+) -> axum::Router {
+    router
+        .fallback(move |req: axum::extract::Request| async move {
+            if is_grpc(&req) {
+                let service = grpc_service(req.uri().path());
+                unimplemented(format!("unknown service {service}"))
+            } else {
+                (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
+            }
+        })
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                let path = req.uri().path();
+                let service = grpc_service(path);
+                if is_grpc(&req) && services.contains(&service) {
+                    let method = path.rsplit('/').next().unwrap_or_default();
+                    let known = crate::proto::METHODS
+                        .iter()
+                        .any(|(s, methods)| *s == service && methods.contains(&method));
+                    if !known {
+                        return unimplemented(format!(
+                            "unknown method {method} for service {service}"
+                        ));
+                    }
+                }
+                let resp = next.run(req).await;
+                // A unary request over the receive limit is refused by tonic
+                // before any handler runs, in a trailers-only response.
+                if resp.headers().get("grpc-status").is_some_and(|v| v == "11")
+                    && let Some(status) = tonic::Status::from_header_map(resp.headers())
+                {
+                    let mapped = grpc_go_status(status, recv_limit);
+                    if mapped.code() != tonic::Code::OutOfRange {
+                        return mapped.into_http::<axum::body::Body>().into_response();
+                    }
+                }
+                resp
+            },
+        ))
+}
+
+fn is_grpc(req: &axum::extract::Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The service part of a gRPC path `/service/method`.
+fn grpc_service(path: &str) -> &str {
+    path.trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default()
+}
+
+fn unimplemented(message: String) -> Response {
+    tonic::Status::unimplemented(message)
+        .into_http::<axum::body::Body>()
+        .into_response()
+}
+
+/// A status from tonic's decoding of a request, as grpc-go (and so etcd)
+/// reports the same failure: a message over the receive limit is
+/// `ResourceExhausted` "grpc: received message larger than max (N vs. M)"
+/// (tonic says `OutOfRange`), M being `limit` (etcd's receive limit) when
+/// given, else tonic's. Other statuses pass unchanged.
+pub fn grpc_go_status(status: tonic::Status, limit: Option<usize>) -> tonic::Status {
+    if status.code() == tonic::Code::OutOfRange
+        && let Some(rest) = status
+            .message()
+            .strip_prefix("Error, decoded message length too large: found ")
+    {
+        let mut numbers = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty());
+        if let (Some(found), Some(tonic_limit)) = (numbers.next(), numbers.next()) {
+            let limit = limit.map_or(tonic_limit.to_string(), |l| l.to_string());
+            return tonic::Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({found} vs. {limit})"
+            ));
+        }
+    }
+    status
 }
 
 /// A plain-text answer, as etcd's `/livez` and `/readyz` give.

@@ -34,6 +34,13 @@ impl Write for Compact {
     type Output = ();
     fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, ()> {
         Box::pin(async move {
+            // etcd accepts Compact(0) on a store never compacted, as a
+            // no-op (its compact revision starts at -1; Koine's at 0, so a
+            // repeated Compact(0) is accepted too, where etcd would say
+            // "compacted").
+            if self.revision == 0 && state.compact == 0 {
+                return Ok(());
+            }
             if self.revision <= state.compact {
                 return Err(Error::Compacted {
                     required: self.revision,

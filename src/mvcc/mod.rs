@@ -341,16 +341,35 @@ impl Store {
         self.hub.latest()
     }
 
-    /// Committed revisions not yet published to this instance's watchers
-    /// (other instances' writes not yet followed).
-    pub async fn watch_lag(&self) -> Result<i64> {
-        let published = self.hub.latest();
-        Ok((self.meta().await?.revision - published).max(0))
+    /// The meta row, giving up after `within` (health checks answer fast,
+    /// whatever the request timeout).
+    pub async fn meta_within(&self, within: Duration) -> Result<Meta> {
+        match tokio::time::timeout(within, self.db.meta()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout),
+        }
     }
 
-    /// False once the writer has stopped.
-    pub fn writer_running(&self) -> bool {
-        self.writer.is_running()
+    /// A lasting fault the database reported (corruption), if any.
+    pub fn database_fault(&self) -> Option<String> {
+        self.db.dialect().fault()
+    }
+
+    /// Whether the writer can write: `Ok`, or why not. A writer whose last
+    /// transaction failed is probed with a write that changes nothing,
+    /// bounded by `within`; its success clears the failure.
+    pub async fn writer_health(&self, within: Duration) -> std::result::Result<(), String> {
+        if !self.writer.is_running() {
+            return Err("writer stopped".into());
+        }
+        let Some(failure) = self.writer.failure() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(within, self.writer.submit(writer::Probe)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("{failure} (a probe write took over {within:?})")),
+        }
     }
 
     fn hub(&self) -> &Hub {

@@ -40,7 +40,7 @@ pub struct WatchSpec {
 #[derive(Debug)]
 pub enum Refused {
     /// The requested id is in use on this stream.
-    DuplicateId(i64),
+    DuplicateId,
     /// `range_end` is not after `key`.
     EmptyRange,
     /// The start revision is below the compact revision: the watcher is
@@ -103,7 +103,7 @@ impl WatchStream {
         }
         let id = if id != 0 {
             if self.watchers.contains_key(&id) {
-                return Err(Refused::DuplicateId(id));
+                return Err(Refused::DuplicateId);
             }
             id
         } else {

@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,6 +28,9 @@ use crate::types::Revision;
 
 /// Most requests per transaction.
 const MAX_BATCH: usize = 256;
+/// Tries at asking the database whether a batch whose COMMIT failed took
+/// effect (about 8 s with the backoff).
+const RESOLVE_ATTEMPTS: usize = 7;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
@@ -99,6 +102,37 @@ impl<W: Write> Job for Pending<W> {
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Box<dyn Job>>,
+    health: Arc<Health>,
+}
+
+/// Why the writer's last transaction failed, until one succeeds.
+#[derive(Default)]
+struct Health {
+    failure: Mutex<Option<String>>,
+}
+
+impl Health {
+    fn set(&self, failure: Option<String>) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = failure;
+    }
+
+    fn get(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A write that changes nothing yet writes to the database (the meta row
+/// set to itself): proves the writer can write, for health checks.
+pub struct Probe;
+
+impl Write for Probe {
+    type Output = ();
+    fn apply<'a>(&'a self, tx: &'a mut DbTx, _state: &'a mut BatchState) -> BoxFut<'a, ()> {
+        Box::pin(tx.touch_meta())
+    }
 }
 
 impl Writer {
@@ -110,19 +144,27 @@ impl Writer {
         metrics: Arc<Metrics>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(4096);
+        let health = Arc::new(Health::default());
         let task = WriterTask {
             db,
             feed,
             settings,
             metrics,
+            health: health.clone(),
         };
         let handle = tokio::spawn(task.run(rx));
-        (Writer { queue }, handle)
+        (Writer { queue, health }, handle)
     }
 
     /// False once the writer task has stopped.
     pub fn is_running(&self) -> bool {
         !self.queue.is_closed()
+    }
+
+    /// Why the last write transaction failed, if it did (cleared by the
+    /// next one that commits).
+    pub fn failure(&self) -> Option<String> {
+        self.health.get()
     }
 
     /// Queues `req` and waits for its answer: its output and the store
@@ -144,6 +186,7 @@ struct WriterTask {
     metrics: Arc<Metrics>,
     feed: Arc<Feed>,
     settings: WriteSettings,
+    health: Arc<Health>,
 }
 
 impl WriterTask {
@@ -152,8 +195,15 @@ impl WriterTask {
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
             match self.commit(&mut batch).await {
                 Ok(()) => batch.drain(..).for_each(|job| job.answer(None)),
-                Err(e) if batch.len() == 1 => {
-                    if let Some(job) = batch.pop() {
+                // Alone, or maybe committed: answer the failure as it is (a
+                // write whose outcome is unknown must not be applied again).
+                Err(e) if batch.len() == 1 || matches!(e, Error::OutcomeUnknown(_)) => {
+                    let why = e.to_string();
+                    let mut first = Some(e);
+                    for job in batch.drain(..) {
+                        let e = first
+                            .take()
+                            .unwrap_or_else(|| Error::OutcomeUnknown(why.clone()));
                         job.answer(Some(e));
                     }
                 }
@@ -173,15 +223,31 @@ impl WriterTask {
     }
 
     /// Applies `jobs` in one transaction and commits it. `Ok`: committed,
-    /// each job holds its own outcome. `Err`: the transaction failed; when
-    /// COMMIT itself failed, whether it took effect is unknown.
+    /// each job holds its own outcome. `Err`: nothing was committed, or
+    /// (`Error::OutcomeUnknown`) COMMIT failed and the database could not
+    /// tell whether it took effect.
     async fn commit(&self, jobs: &mut [Box<dyn Job>]) -> Result<()> {
+        let result = self.try_commit(jobs).await;
+        self.health
+            .set(result.as_ref().err().map(|e| e.to_string()));
+        result
+    }
+
+    async fn try_commit(&self, jobs: &mut [Box<dyn Job>]) -> Result<()> {
         let began = std::time::Instant::now();
+        let batch = rand::random::<i64>();
         let mut tx = self.db.begin_write().await?;
-        match self.apply_all(&mut tx, jobs).await {
+        match self.apply_all(&mut tx, jobs, batch).await {
             Ok(state) => {
                 let committing = std::time::Instant::now();
-                tx.commit().await?;
+                if let Err(e) = tx.commit().await {
+                    // The connection may have broken after the database
+                    // committed: ask it, rather than guess.
+                    if !self.committed(batch).await? {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "COMMIT failed, yet the batch was committed");
+                }
                 self.metrics
                     .commit_seconds
                     .observe(committing.elapsed().as_secs_f64());
@@ -200,7 +266,37 @@ impl WriterTask {
         }
     }
 
-    async fn apply_all(&self, tx: &mut DbTx, jobs: &mut [Box<dyn Job>]) -> Result<BatchState> {
+    /// After a failed COMMIT: whether batch `id` took effect, asked on a
+    /// fresh connection. Locking the meta row first waits until the old
+    /// transaction has ended either way. `Err(OutcomeUnknown)` when the
+    /// database cannot be asked.
+    async fn committed(&self, id: i64) -> Result<bool> {
+        let mut delay = std::time::Duration::from_millis(100);
+        let mut last = String::new();
+        for _ in 0..RESOLVE_ATTEMPTS {
+            let asked = async {
+                let mut tx = self.db.begin_write().await?;
+                tx.lock_meta().await?;
+                let found = tx.batch(id).await?;
+                tx.rollback().await?;
+                Ok::<_, Error>(found.is_some())
+            };
+            match asked.await {
+                Ok(found) => return Ok(found),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(2));
+        }
+        Err(Error::OutcomeUnknown(last))
+    }
+
+    async fn apply_all(
+        &self,
+        tx: &mut DbTx,
+        jobs: &mut [Box<dyn Job>],
+        batch: i64,
+    ) -> Result<BatchState> {
         let meta = tx.lock_meta().await?;
         let start = meta.revision;
         let mut state = BatchState::new(meta, self.settings);
@@ -213,6 +309,7 @@ impl WriterTask {
             tx.set_revision(state.revision).await?;
             tx.notify(state.revision).await?;
         }
+        tx.record_batch(batch, state.revision).await?;
         Ok(state)
     }
 }

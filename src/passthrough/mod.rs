@@ -83,6 +83,7 @@ const MAX_CLIENT_MESSAGE: usize = 256 << 20;
 pub async fn serve(
     config: Config,
     endpoints: Vec<String>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -130,13 +131,22 @@ pub async fn serve(
             .max_decoding_message_size(MAX_CLIENT_MESSAGE),
     )
     .add_service(crate::serve::grpc_health().await);
-    let routes = tonic::service::Routes::from(
+    let routes = tonic::service::Routes::from(crate::serve::with_unknown_routes(
         grpc.into_axum_router()
             .merge(http::routes(up.clone(), metrics.clone())),
-    );
+        &[
+            "etcdserverpb.KV",
+            "etcdserverpb.Lease",
+            "etcdserverpb.Watch",
+            "etcdserverpb.Maintenance",
+            "etcdserverpb.Cluster",
+            "etcdserverpb.Auth",
+            "grpc.health.v1.Health",
+        ],
+        None,
+    ));
     tracing::info!(address = %local, etcd = ?endpoints, "serving etcd API in passthrough mode");
-    crate::serve::serve_routes(routes, &config, metrics, listener, shutdown, cancel.clone())
-        .await?;
+    crate::serve::serve_routes(routes, tls, metrics, listener, shutdown, cancel.clone()).await?;
     cancel.cancel();
     Ok(())
 }

@@ -1,14 +1,27 @@
 //! Plain HTTP on the client port, as etcd serves it: `/health`, `/livez`,
 //! `/readyz`, `/version`, `/metrics`. Probes and scrapers need no gRPC.
+//!
+//! Probes answer within about a second whatever the database does: each
+//! check is bounded by `CHECK_TIMEOUT`. `/metrics` never waits on the
+//! database: what it reports from there (size, reachability, watch lag) is
+//! refreshed in the background by [`refresh_metrics`].
+
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
+use tokio_util::sync::CancellationToken;
 
 use crate::serve::{json, prometheus, text};
 use crate::server::SharedRef;
+
+/// Longest a health check waits for the database or the writer.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the database-derived metrics are refreshed.
+const METRICS_REFRESH: Duration = Duration::from_secs(5);
 
 pub fn routes(shared: SharedRef) -> Router {
     Router::new()
@@ -20,39 +33,62 @@ pub fn routes(shared: SharedRef) -> Router {
         .with_state(shared)
 }
 
-/// Whether the database answers a read; the failure text otherwise.
-async fn database_check(s: &SharedRef) -> Result<(), String> {
-    match s.store.meta().await {
-        Ok(_) => {
-            s.metrics.has_leader.set(1);
-            Ok(())
-        }
-        Err(e) => {
-            s.metrics.has_leader.set(0);
-            Err(e.to_string())
-        }
+/// The checks a probe can run.
+#[derive(Clone, Copy)]
+enum Check {
+    /// The database answers a read.
+    Read,
+    /// The writer can write.
+    Writer,
+}
+
+async fn run_check(s: &SharedRef, check: Check) -> Result<(), String> {
+    match check {
+        Check::Read => match s.store.database_fault() {
+            Some(fault) => Err(fault),
+            None => s
+                .store
+                .meta_within(CHECK_TIMEOUT)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        },
+        Check::Writer => s.store.writer_health(CHECK_TIMEOUT).await,
     }
 }
 
-/// etcd's `/health`: `{"health":"true","reason":""}` or 503.
+/// etcd's `/health`: `{"health":"true","reason":""}` or 503 with the
+/// reason. Healthy means the database answers and the writer can write.
 async fn health(State(s): State<SharedRef>) -> Response {
-    match database_check(&s).await {
+    let result = match run_check(&s, Check::Read).await {
+        Ok(()) => run_check(&s, Check::Writer)
+            .await
+            .map_err(|e| format!("writer: {e}")),
+        Err(e) => Err(format!("database: {e}")),
+    };
+    match result {
         Ok(()) => json(StatusCode::OK, r#"{"health":"true","reason":""}"#.into()),
-        Err(e) => json(
+        Err(reason) => json(
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"health": "false", "reason": format!("database: {e}")}).to_string(),
+            serde_json::json!({"health": "false", "reason": reason}).to_string(),
         ),
     }
 }
 
 async fn livez(State(s): State<SharedRef>, RawQuery(q): RawQuery) -> Response {
-    checks(&s, &[("serializable_read", false)], q.as_deref(), "livez").await
+    checks(
+        &s,
+        &[("serializable_read", Check::Read)],
+        q.as_deref(),
+        "livez",
+    )
+    .await
 }
 
 async fn readyz(State(s): State<SharedRef>, RawQuery(q): RawQuery) -> Response {
     checks(
         &s,
-        &[("database", false), ("writer", true)],
+        &[("database", Check::Read), ("writer", Check::Writer)],
         q.as_deref(),
         "readyz",
     )
@@ -63,7 +99,7 @@ async fn readyz(State(s): State<SharedRef>, RawQuery(q): RawQuery) -> Response {
 /// format; `?verbose` lists them on success, `?exclude=name` skips one.
 async fn checks(
     s: &SharedRef,
-    names: &[(&str, bool)],
+    names: &[(&str, Check)],
     query: Option<&str>,
     what: &str,
 ) -> Response {
@@ -77,21 +113,12 @@ async fn checks(
         .collect();
     let mut lines = Vec::new();
     let mut failed = false;
-    for (name, writer) in names {
+    for (name, check) in names {
         if excluded.contains(name) {
             lines.push(format!("[+]{name} excluded: ok"));
             continue;
         }
-        let result = if *writer {
-            if s.store.writer_running() {
-                Ok(())
-            } else {
-                Err("writer stopped".to_string())
-            }
-        } else {
-            database_check(s).await
-        };
-        match result {
+        match run_check(s, *check).await {
             Ok(()) => lines.push(format!("[+]{name} ok")),
             Err(e) => {
                 failed = true;
@@ -118,13 +145,31 @@ async fn version(State(s): State<SharedRef>) -> Response {
 }
 
 async fn metrics(State(s): State<SharedRef>) -> Response {
-    if let Ok(size) = s.store.db_size().await {
-        s.metrics.db_size.set(size);
-    }
-    let _ = database_check(&s).await;
     s.metrics.revision.set(s.store.published_revision());
-    if let Ok(lag) = s.store.watch_lag().await {
-        s.metrics.watch_lag.set(lag);
-    }
     prometheus(&s.metrics)
+}
+
+/// Keeps the metrics that come from the database fresh, every
+/// `METRICS_REFRESH`, until `cancel`: `etcd_server_has_leader` (1 while
+/// the database answers), the database size and the watch lag.
+pub async fn refresh_metrics(s: SharedRef, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(METRICS_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match s.store.meta_within(CHECK_TIMEOUT).await {
+            Ok(meta) => {
+                s.metrics.has_leader.set(1);
+                let lag = meta.revision - s.store.published_revision();
+                s.metrics.watch_lag.set(lag.max(0));
+            }
+            Err(_) => s.metrics.has_leader.set(0),
+        }
+        if let Ok(Ok(size)) = tokio::time::timeout(CHECK_TIMEOUT, s.store.db_size()).await {
+            s.metrics.db_size.set(size);
+        }
+    }
 }

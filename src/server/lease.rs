@@ -84,8 +84,16 @@ impl Lease for LeaseService {
                         }),
                         Err(e) => Err(Status::from(e)),
                     },
+                    // A message that cannot be decoded or is too large ends
+                    // the stream with that error, as grpc-go ends it.
                     Err(status) => {
-                        tracing::debug!(%status, "keepalive stream ended");
+                        tracing::debug!(%status, "keepalive request unreadable");
+                        let _ = tx
+                            .send(Err(crate::serve::grpc_go_status(
+                                status,
+                                Some(shared.limits.max_recv_bytes()),
+                            )))
+                            .await;
                         break;
                     }
                 };

@@ -90,19 +90,29 @@ impl Session {
         let shutdown = self.shared.shutdown.clone();
         let every = self.shared.watch.progress_interval;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // A client that closes its sending side still gets events, as
+        // from etcd; the stream ends when the client goes away.
+        let mut reading = true;
         loop {
             if self.deliver().await.is_err() {
                 return;
             }
             let step = tokio::select! {
-                msg = inbound.next() => match msg {
+                msg = inbound.next(), if reading => match msg {
                     Some(Ok(req)) => self.handle(req).await,
+                    // A message that cannot be decoded or is too large:
+                    // the stream ends with that error, as grpc-go ends it.
                     Some(Err(status)) => {
-                        tracing::debug!(%status, "watch stream ended by client");
+                        tracing::debug!(%status, "watch request unreadable");
+                        let _ = self.out.send(Err(crate::serve::grpc_go_status(status, Some(self.shared.limits.max_recv_bytes())))).await;
                         return;
                     }
-                    None => return,
+                    None => {
+                        reading = false;
+                        Ok(())
+                    }
                 },
+                _ = self.out.closed() => return,
                 changed = latest.changed() => {
                     if changed.is_err() {
                         return;
@@ -193,7 +203,8 @@ impl Session {
                 self.send(created(id)).await
             }
             Err(Refused::EmptyRange) => self.send(refuse(-1, EMPTY_RANGE)).await,
-            Err(Refused::DuplicateId(id)) => self.send(refuse(id, DUPLICATE_ID)).await,
+            // etcd answers a duplicate id on watch id -1.
+            Err(Refused::DuplicateId) => self.send(refuse(-1, DUPLICATE_ID)).await,
             // etcd: created, then canceled with the compact revision.
             Err(Refused::Compacted { id, compact }) => {
                 self.send(created(id)).await?;

@@ -17,8 +17,15 @@ pub trait Dialect: Send + Sync + 'static {
 
     /// Classifies a driver error: `Error::Unavailable` when the database is
     /// unreachable, going away or refusing connections (the request may be
-    /// retried elsewhere), `Error::Database` otherwise.
+    /// retried elsewhere), `Error::NoSpace` for a full disk,
+    /// `Error::Corrupt` for damaged data, `Error::Database` otherwise.
     fn error(&self, e: sqlx::Error) -> Error;
+
+    /// A lasting fault the database has reported (corruption), which
+    /// health checks report until Koine is restarted on repaired data.
+    fn fault(&self) -> Option<String> {
+        None
+    }
 
     /// Tries to become the leader, the one instance that expires leases and
     /// compacts in the background. `Ok(None)`: another instance is.

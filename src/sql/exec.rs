@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sqlx::{AssertSqlSafe, MySql, Postgres, Row as _, Sqlite, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, MySql, Postgres, Row as _, Sqlite};
 
 use super::Dialect;
 use crate::error::{Error, Result};
@@ -79,11 +80,44 @@ pub enum Pool {
     MySql(sqlx::MySqlPool),
 }
 
-/// An open transaction of one database.
-pub enum TxInner {
-    Sqlite(Transaction<'static, Sqlite>),
-    Postgres(Transaction<'static, Postgres>),
-    MySql(Transaction<'static, MySql>),
+/// A pooled connection of one database.
+enum PoolConn {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+    MySql(PoolConnection<MySql>),
+}
+
+/// An open transaction: a pooled connection on which BEGIN succeeded.
+///
+/// Transactions are driven with plain BEGIN / COMMIT / ROLLBACK statements
+/// rather than sqlx's `Transaction`, so that a connection whose COMMIT or
+/// ROLLBACK failed (a full disk, a broken link) is closed instead of going
+/// back to the pool in an unknown state: the next transaction gets a fresh
+/// connection. A transaction dropped while open (an error on the way) closes
+/// its connection too, which rolls it back.
+pub struct TxInner {
+    conn: PoolConn,
+    open: bool,
+}
+
+impl PoolConn {
+    /// Runs a statement of transaction control (simple protocol, no
+    /// arguments).
+    async fn control(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        match self {
+            PoolConn::Sqlite(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(drop),
+            PoolConn::Postgres(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(drop),
+            PoolConn::MySql(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(drop),
+        }
+    }
+
+    fn close_on_drop(&mut self) {
+        match self {
+            PoolConn::Sqlite(c) => c.close_on_drop(),
+            PoolConn::Postgres(c) => c.close_on_drop(),
+            PoolConn::MySql(c) => c.close_on_drop(),
+        }
+    }
 }
 
 /// A connection taken out of its pool for good (the leader lock lives as
@@ -113,12 +147,17 @@ fn decode<R: Row, T: FromRow>(rows: Vec<R>) -> Result<Vec<T>> {
 impl Pool {
     /// Begins a transaction with `begin` (the dialect's BEGIN statement).
     pub async fn begin(&self, begin: &'static str, d: &dyn Dialect) -> Result<TxInner> {
-        let tx = match self {
-            Pool::Sqlite(p) => p.begin_with(begin).await.map(TxInner::Sqlite),
-            Pool::Postgres(p) => p.begin_with(begin).await.map(TxInner::Postgres),
-            Pool::MySql(p) => p.begin_with(begin).await.map(TxInner::MySql),
+        let conn = match self {
+            Pool::Sqlite(p) => p.acquire().await.map(PoolConn::Sqlite),
+            Pool::Postgres(p) => p.acquire().await.map(PoolConn::Postgres),
+            Pool::MySql(p) => p.acquire().await.map(PoolConn::MySql),
         };
-        tx.map_err(|e| d.error(e))
+        let mut conn = conn.map_err(|e| d.error(e))?;
+        if let Err(e) = conn.control(begin).await {
+            conn.close_on_drop();
+            return Err(d.error(e));
+        }
+        Ok(TxInner { conn, open: true })
     }
 
     /// Runs one statement outside any explicit transaction (a single
@@ -162,17 +201,17 @@ impl Pool {
 
 impl TxInner {
     pub async fn exec(&mut self, sql: &Arc<str>, args: &[Arg<'_>], d: &dyn Dialect) -> Result<u64> {
-        let done = match self {
-            TxInner::Sqlite(tx) => bound!(sql, args)
-                .execute(&mut **tx)
+        let done = match &mut self.conn {
+            PoolConn::Sqlite(c) => bound!(sql, args)
+                .execute(&mut **c)
                 .await
                 .map(|r| r.rows_affected()),
-            TxInner::Postgres(tx) => bound!(sql, args)
-                .execute(&mut **tx)
+            PoolConn::Postgres(c) => bound!(sql, args)
+                .execute(&mut **c)
                 .await
                 .map(|r| r.rows_affected()),
-            TxInner::MySql(tx) => bound!(sql, args)
-                .execute(&mut **tx)
+            PoolConn::MySql(c) => bound!(sql, args)
+                .execute(&mut **c)
                 .await
                 .map(|r| r.rows_affected()),
         };
@@ -185,22 +224,22 @@ impl TxInner {
         args: &[Arg<'_>],
         d: &dyn Dialect,
     ) -> Result<Vec<T>> {
-        match self {
-            TxInner::Sqlite(tx) => decode(
+        match &mut self.conn {
+            PoolConn::Sqlite(c) => decode(
                 bound!(sql, args)
-                    .fetch_all(&mut **tx)
+                    .fetch_all(&mut **c)
                     .await
                     .map_err(|e| d.error(e))?,
             ),
-            TxInner::Postgres(tx) => decode(
+            PoolConn::Postgres(c) => decode(
                 bound!(sql, args)
-                    .fetch_all(&mut **tx)
+                    .fetch_all(&mut **c)
                     .await
                     .map_err(|e| d.error(e))?,
             ),
-            TxInner::MySql(tx) => decode(
+            PoolConn::MySql(c) => decode(
                 bound!(sql, args)
-                    .fetch_all(&mut **tx)
+                    .fetch_all(&mut **c)
                     .await
                     .map_err(|e| d.error(e))?,
             ),
@@ -208,21 +247,29 @@ impl TxInner {
     }
 
     pub async fn commit(self, d: &dyn Dialect) -> Result<()> {
-        let done = match self {
-            TxInner::Sqlite(tx) => tx.commit().await,
-            TxInner::Postgres(tx) => tx.commit().await,
-            TxInner::MySql(tx) => tx.commit().await,
-        };
-        done.map_err(|e| d.error(e))
+        self.end("COMMIT", d).await
     }
 
     pub async fn rollback(self, d: &dyn Dialect) -> Result<()> {
-        let done = match self {
-            TxInner::Sqlite(tx) => tx.rollback().await,
-            TxInner::Postgres(tx) => tx.rollback().await,
-            TxInner::MySql(tx) => tx.rollback().await,
-        };
+        self.end("ROLLBACK", d).await
+    }
+
+    /// Ends the transaction with `sql`; on failure the connection's state
+    /// is unknown, and it is closed rather than reused.
+    async fn end(mut self, sql: &'static str, d: &dyn Dialect) -> Result<()> {
+        let done = self.conn.control(sql).await;
+        if done.is_ok() {
+            self.open = false;
+        }
         done.map_err(|e| d.error(e))
+    }
+}
+
+impl Drop for TxInner {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
     }
 }
 

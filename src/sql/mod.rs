@@ -383,6 +383,26 @@ impl DbTx {
         one(self.fetch(Q::MetaRead, &[]).await?, "koine_meta")
     }
 
+    /// Records the batch being committed under its id, with the revision
+    /// after it.
+    pub async fn record_batch(&mut self, id: i64, revision: Revision) -> Result<()> {
+        self.exec(Q::BatchInsert, &[Arg::I64(id), Arg::I64(revision)])
+            .await?;
+        Ok(())
+    }
+
+    /// The revision recorded for batch `id`, if it committed.
+    pub async fn batch(&mut self, id: i64) -> Result<Option<Revision>> {
+        Ok(self.fetch(Q::BatchGet, &[Arg::I64(id)]).await?.pop())
+    }
+
+    /// Writes the meta row unchanged: a write that proves the database
+    /// takes writes (health checks).
+    pub async fn touch_meta(&mut self) -> Result<()> {
+        self.exec(Q::MetaTouch, &[]).await?;
+        Ok(())
+    }
+
     pub async fn set_revision(&mut self, revision: Revision) -> Result<()> {
         self.exec(Q::MetaSetRevision, &[Arg::I64(revision)]).await?;
         Ok(())
@@ -632,6 +652,7 @@ impl DbTx {
                 &[Arg::I64(from), Arg::I64(to), Arg::I64(compact)],
             )
             .await?;
+        self.exec(Q::BatchPrune, &[Arg::I64(compact)]).await?;
         self.exec(Q::MetaSetCompactedTo, &[Arg::I64(to - 1)])
             .await?;
         Ok(superseded + tombstones)

@@ -12,6 +12,10 @@ pub enum Q {
     MetaLock,
     MetaRead,
     MetaSetRevision,
+    MetaTouch,
+    BatchInsert,
+    BatchGet,
+    BatchPrune,
     MetaSetCompact,
     MetaSetCompactedTo,
     MetaCompactedTo,
@@ -111,6 +115,22 @@ impl Queries {
             (
                 Q::MetaSetRevision,
                 "UPDATE koine_meta SET revision = ? WHERE id = 1".into(),
+            ),
+            (
+                Q::BatchInsert,
+                "INSERT INTO koine_batch (id, revision) VALUES (?, ?)".into(),
+            ),
+            (
+                Q::BatchGet,
+                "SELECT revision FROM koine_batch WHERE id = ?".into(),
+            ),
+            (
+                Q::BatchPrune,
+                "DELETE FROM koine_batch WHERE revision < ?".into(),
+            ),
+            (
+                Q::MetaTouch,
+                "UPDATE koine_meta SET revision = revision WHERE id = 1".into(),
             ),
             (
                 Q::MetaSetCompact,

@@ -36,7 +36,17 @@ pub const SQL: DialectSql = DialectSql {
     joined_current_reads: true,
 };
 
-struct Sqlite;
+#[derive(Default)]
+struct Sqlite {
+    /// Set once SQLite reports the file corrupt.
+    corrupt: std::sync::atomic::AtomicBool,
+}
+
+/// SQLite's result codes (the primary code of an extended one is its low
+/// byte).
+const SQLITE_CORRUPT: i64 = 11;
+const SQLITE_FULL: i64 = 13;
+const SQLITE_NOTADB: i64 = 26;
 
 impl Dialect for Sqlite {
     fn sql(&self) -> &'static DialectSql {
@@ -44,8 +54,26 @@ impl Dialect for Sqlite {
     }
 
     fn error(&self, e: sqlx::Error) -> Error {
-        // A file on a local disk is never "unreachable".
-        dialect::classify(e, |_| false)
+        let code = match &e {
+            sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i64>().ok()),
+            _ => None,
+        };
+        match code.map(|c| c & 0xff) {
+            Some(SQLITE_FULL) => Error::NoSpace(e),
+            Some(SQLITE_CORRUPT | SQLITE_NOTADB) => {
+                self.corrupt
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                Error::Corrupt(e)
+            }
+            // A file on a local disk is never "unreachable".
+            _ => dialect::classify(e, |_| false),
+        }
+    }
+
+    fn fault(&self) -> Option<String> {
+        self.corrupt
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| "SQLite reported the database file corrupt".to_string())
     }
 
     fn try_leader(&self) -> BoxFuture<'_, Result<Option<LeaderSession>>> {
@@ -137,7 +165,7 @@ pub async fn connect(cfg: &SqliteConfig) -> anyhow::Result<Db> {
         .await?;
     tracing::info!(path = %cfg.path.display(), "opened SQLite database");
     Ok(Db::new(
-        Arc::new(Sqlite),
+        Arc::new(Sqlite::default()),
         Pool::Sqlite(read),
         Pool::Sqlite(write),
     ))
@@ -172,7 +200,11 @@ pub async fn memory() -> Db {
         .await
         .expect("migrations");
     let read = pool(1).await.expect("in-memory SQLite");
-    Db::new(Arc::new(Sqlite), Pool::Sqlite(read), Pool::Sqlite(write))
+    Db::new(
+        Arc::new(Sqlite::default()),
+        Pool::Sqlite(read),
+        Pool::Sqlite(write),
+    )
 }
 
 #[cfg(test)]

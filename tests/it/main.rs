@@ -17,4 +17,5 @@ mod lease;
 mod model;
 mod ops;
 mod passthrough;
+mod reliability;
 mod watch;
