@@ -56,6 +56,9 @@ pub enum Error {
     LeaseTtlTooLarge,
     #[error("request is too large")]
     RequestTooLarge,
+    /// A key longer than the database can store (PostgreSQL, MySQL).
+    #[error("key of {len} bytes is longer than the {limit} bytes this database stores")]
+    KeyTooLong { len: usize, limit: usize },
     #[error("request timed out")]
     Timeout,
     #[error("server is stopping")]
@@ -119,6 +122,11 @@ impl From<Error> for Status {
             Error::LeaseExists(_) => (Code::FailedPrecondition, LEASE_EXIST),
             Error::LeaseTtlTooLarge => (Code::OutOfRange, LEASE_TTL_TOO_LARGE),
             Error::RequestTooLarge => (Code::InvalidArgument, REQUEST_TOO_LARGE),
+            Error::KeyTooLong { len, limit } => {
+                return Status::invalid_argument(format!(
+                    "koine: key of {len} bytes is longer than the {limit} bytes this database can index"
+                ));
+            }
             Error::Timeout => (Code::Unavailable, TIMEOUT),
             Error::OutcomeUnknown(why) => {
                 tracing::error!(%why, "write outcome unknown");

@@ -144,6 +144,7 @@ pub fn with_unknown_routes(
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| async move {
                 let path = req.uri().path();
+                let txn = path == "/etcdserverpb.KV/Txn";
                 let service = grpc_service(path);
                 if is_grpc(&req) && services.contains(&service) {
                     let method = path.rsplit('/').next().unwrap_or_default();
@@ -157,6 +158,18 @@ pub fn with_unknown_routes(
                     }
                 }
                 let resp = next.run(req).await;
+                // A Txn nested deeper than the decoder's recursion limit (50
+                // levels): etcd refuses deep nests with "too many
+                // operations" (its op budget shrinks at every level).
+                if txn
+                    && resp.headers().get("grpc-status").is_some_and(|v| v == "13")
+                    && let Some(status) = tonic::Status::from_header_map(resp.headers())
+                    && status.message().contains("recursion limit reached")
+                {
+                    return tonic::Status::invalid_argument(crate::error::text::TOO_MANY_OPS)
+                        .into_http::<axum::body::Body>()
+                        .into_response();
+                }
                 // A unary request over the receive limit is refused by tonic
                 // before any handler runs, in a trailers-only response.
                 if resp.headers().get("grpc-status").is_some_and(|v| v == "11")

@@ -198,7 +198,7 @@ async fn put(tx: &mut DbTx, state: &mut BatchState, req: &PutRequest) -> Result<
         revision: state.revision + 1,
         events: Vec::new(),
     };
-    check_put(tx, &mut state.cache, req).await?;
+    check_put(tx, &mut state.cache, &state.settings, req).await?;
     let result = apply_put(tx, &mut state.cache, &mut changes, req).await?;
     finish(state, changes);
     Ok(result)
@@ -276,7 +276,20 @@ fn finish(state: &mut BatchState, changes: Changes) {
     state.events.push((changes.revision, changes.events));
 }
 
-async fn check_put(tx: &mut DbTx, cache: &mut KvCache, req: &PutRequest) -> Result<()> {
+async fn check_put(
+    tx: &mut DbTx,
+    cache: &mut KvCache,
+    settings: &WriteSettings,
+    req: &PutRequest,
+) -> Result<()> {
+    if let Some(limit) = settings.max_key_bytes
+        && req.key.len() > limit
+    {
+        return Err(Error::KeyTooLong {
+            len: req.key.len(),
+            limit,
+        });
+    }
     if (req.ignore_value || req.ignore_lease) && cache.get(tx, &req.key).await?.is_none() {
         return Err(Error::KeyNotFound);
     }
@@ -436,7 +449,7 @@ fn check_txn<'a>(
                         });
                     }
                 }
-                Op::Put(p) => check_put(tx, &mut state.cache, p).await?,
+                Op::Put(p) => check_put(tx, &mut state.cache, &state.settings, p).await?,
                 Op::Delete(_) => {}
                 Op::Txn(inner) => check_txn(tx, state, inner, path, cursor).await?,
             }

@@ -151,7 +151,10 @@ fn assemble(
     let (writer, task) = Writer::spawn(
         db.clone(),
         feed.clone(),
-        WriteSettings { min_lease_ttl },
+        WriteSettings {
+            min_lease_ttl,
+            max_key_bytes: db.dialect().sql().max_key_bytes,
+        },
         metrics.clone(),
     );
     let store = Store {

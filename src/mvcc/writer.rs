@@ -51,6 +51,8 @@ pub trait Write: Send + Sync + 'static {
 pub struct WriteSettings {
     /// Shortest lease TTL granted (etcd: 2 s).
     pub min_lease_ttl: i64,
+    /// Longest key the database can store (`None`: as long as a request).
+    pub max_key_bytes: Option<usize>,
 }
 
 /// A queued request with its answer slot, type-erased for the queue.

@@ -68,6 +68,9 @@ pub struct DialectSql {
     /// Sent in each write transaction that made a revision, so other
     /// instances wake at commit (`?`: the revision); `None`: they poll.
     pub notify: Option<&'static str>,
+    /// The longest key the database can store and index; longer keys are
+    /// refused with a clear error (`None`: any key a request can carry).
+    pub max_key_bytes: Option<usize>,
     /// Whether a read at the current revision may be one statement joining
     /// the meta row (no transaction). MySQL sorts that join's BLOBs through
     /// on-disk temporary tables; a snapshot transaction is faster there.

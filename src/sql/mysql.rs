@@ -36,6 +36,9 @@ pub const SQL: DialectSql = DialectSql {
     db_size: "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS SIGNED) \
         FROM information_schema.tables WHERE table_schema = DATABASE()",
     notify: None,
+    // The key column is VARBINARY(3000): InnoDB indexes at most 3072
+    // bytes, and (k, revision) is an index.
+    max_key_bytes: Some(3000),
     joined_current_reads: false,
 };
 

@@ -34,6 +34,9 @@ pub const SQL: DialectSql = DialectSql {
         AND n.revision > koine_log.revision AND n.revision <= ?)",
     db_size: "SELECT CAST(pg_database_size(current_database()) AS BIGINT)",
     notify: Some("SELECT pg_notify('koine_revision', CAST(CAST(? AS BIGINT) AS TEXT))"),
+    // A B-tree index row holds at most ~2700 bytes (a third of a page);
+    // random keys do not compress, so 2048 leaves room for the revision.
+    max_key_bytes: Some(2048),
     joined_current_reads: true,
 };
 

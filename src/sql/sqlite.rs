@@ -33,6 +33,8 @@ pub const SQL: DialectSql = DialectSql {
         AND n.revision > koine_log.revision AND n.revision <= ?)",
     db_size: "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
     notify: None,
+    // Keys are BLOBs with no size limit of their own.
+    max_key_bytes: None,
     joined_current_reads: true,
 };
 

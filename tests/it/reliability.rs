@@ -467,7 +467,73 @@ async fn compact_zero(s: crate::harness::Server) {
     assert_eq!(c.get("a", None).await.unwrap().kvs().len(), 1);
 }
 
-crate::on_every_target!(watch_outlives_half_close, compact_zero);
+/// Keys as long as etcd stores are stored where the database can index
+/// them; where it cannot (PostgreSQL above 2048 bytes, MySQL above 3000),
+/// the write is refused with InvalidArgument naming the limit, never an
+/// internal error, and nothing is written.
+async fn long_keys(s: crate::harness::Server) {
+    use crate::harness::Target;
+    let mut c = s.client().await;
+    let key = |n: usize| (0..n).map(|i| (i % 251) as u8 + 1).collect::<Vec<u8>>();
+    c.put(key(2000), "v", None).await.expect("a 2000-byte key");
+    let limit = match s.target {
+        Target::Postgres => Some(2048),
+        Target::MySql => Some(3000),
+        _ => None,
+    };
+    for n in [3500, 100_000] {
+        match (c.put(key(n), "v", None).await, limit) {
+            (Ok(_), None) => {
+                let got = c.get(key(n), None).await.unwrap();
+                assert_eq!(got.kvs()[0].key().len(), n);
+            }
+            (Err(e), Some(limit)) => {
+                let st = status_of(e);
+                assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+                assert_eq!(
+                    st.message(),
+                    format!(
+                        "koine: key of {n} bytes is longer than the {limit} bytes this database can index"
+                    )
+                );
+                assert!(c.get(key(n), None).await.unwrap().kvs().is_empty());
+            }
+            (got, limit) => panic!("{n}-byte key with limit {limit:?}: {got:?}"),
+        }
+    }
+}
+
+/// Txns nested a little are evaluated; nested very deep they are refused
+/// with etcd's "too many operations" (etcd's op budget shrinks with every
+/// level; Koine's decoder stops at 50 levels), never an internal error.
+async fn deeply_nested_txns(s: crate::harness::Server) {
+    use etcd_client::{Txn, TxnOp};
+    let mut c = s.client().await;
+    let nested = |depth: usize| {
+        let mut t = Txn::new().and_then([TxnOp::put("nested", "v", None)]);
+        for _ in 0..depth {
+            t = Txn::new().and_then([TxnOp::txn(t)]);
+        }
+        t
+    };
+    let r = c.txn(nested(10)).await.expect("a Txn nested 10 deep");
+    assert!(r.succeeded());
+    let e = status_of(c.txn(nested(300)).await.unwrap_err());
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request"
+        )
+    );
+}
+
+crate::on_every_target!(
+    watch_outlives_half_close,
+    compact_zero,
+    long_keys,
+    deeply_nested_txns
+);
 
 /// A prost message whose field 1 (a WatchRequest's create_request) holds
 /// bytes that are no WatchCreateRequest.
