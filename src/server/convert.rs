@@ -54,9 +54,12 @@ pub fn put(r: pb::PutRequest) -> Result<t::PutRequest, Error> {
     if r.ignore_lease && r.lease != 0 {
         return Err(Error::LeaseProvided);
     }
+    // Copied out of the request: decoded `bytes` fields share the buffer
+    // the message arrived in, and the writer's cache and the watch hub keep
+    // them long after, pinning that whole buffer.
     Ok(t::PutRequest {
-        key: r.key,
-        value: r.value,
+        key: bytes::Bytes::copy_from_slice(&r.key),
+        value: bytes::Bytes::copy_from_slice(&r.value),
         lease: r.lease,
         prev_kv: r.prev_kv,
         ignore_value: r.ignore_value,
@@ -236,4 +239,41 @@ fn inner_responses(s: &Shared, ops: Vec<t::OpResult>, revisions: Vec<i64>) -> Ve
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// A Put's key and value must not share the buffer the request arrived
+    /// in: the writer's cache and the watch hub keep them, and a 1 KiB
+    /// value would keep its whole (often far larger) receive buffer alive.
+    #[test]
+    fn put_keys_and_values_do_not_pin_the_request_buffer() {
+        let req = pb::PutRequest {
+            key: "k".into(),
+            value: vec![b'v'; 1024].into(),
+            ..Default::default()
+        };
+        let mut buf = vec![0u8; 64 << 10];
+        let wire = req.encode_to_vec();
+        buf[..wire.len()].copy_from_slice(&wire);
+        let received = bytes::Bytes::from(buf);
+        let decoded = pb::PutRequest::decode(received.slice(..wire.len())).unwrap();
+        let within = |b: &bytes::Bytes| {
+            let (start, end) = (
+                received.as_ptr() as usize,
+                received.as_ptr() as usize + received.len(),
+            );
+            (start..end).contains(&(b.as_ptr() as usize))
+        };
+        assert!(
+            within(&decoded.value),
+            "prost shares the buffer (the case to guard)"
+        );
+        let put = put(decoded).unwrap();
+        assert!(!within(&put.key) && !within(&put.value));
+        assert_eq!(put.value.len(), 1024);
+    }
 }

@@ -150,20 +150,21 @@ pub async fn connect(cfg: &SqliteConfig) -> anyhow::Result<Db> {
         .journal_mode(cfg.journal_mode)
         .synchronous(cfg.synchronous)
         .busy_timeout(cfg.busy_timeout)
-        .pragma("cache_size", "-16384")
         .pragma("temp_store", "memory");
+    // Page caches: 16 MiB for the writer (it reads what it updates), 4 MiB
+    // for each of the readers (they share the OS's cache of the file).
     let write = SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
-        .connect_with(opts.clone())
+        .connect_with(opts.clone().pragma("cache_size", "-16384"))
         .await?;
     sqlx::migrate!("migrations/sqlite").run(&write).await?;
     let read = SqlitePoolOptions::new()
         .max_connections(8)
         .min_connections(1)
-        .connect_with(opts.read_only(true))
+        .connect_with(opts.read_only(true).pragma("cache_size", "-4096"))
         .await?;
     tracing::info!(path = %cfg.path.display(), "opened SQLite database");
     Ok(Db::new(
