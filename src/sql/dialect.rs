@@ -77,6 +77,17 @@ pub struct DialectSql {
     pub joined_current_reads: bool,
 }
 
+/// The upsert tail of the databases that speak `ON CONFLICT` (SQLite,
+/// PostgreSQL).
+pub const ON_CONFLICT_UPSERT: &str = "ON CONFLICT (k) DO UPDATE SET create_revision = excluded.create_revision, \
+    mod_revision = excluded.mod_revision, version = excluded.version, \
+    lease = excluded.lease, value = excluded.value";
+
+/// Superseded log rows, with a correlated subquery (SQLite, PostgreSQL).
+pub const COMPACT_SUPERSEDED_EXISTS: &str = "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND EXISTS \
+    (SELECT 1 FROM koine_log n WHERE n.k = koine_log.k \
+    AND n.revision > koine_log.revision AND n.revision <= ?)";
+
 /// The shared part of every dialect's error classification: connection
 /// failures are `Unavailable` whatever the database; `unavailable_code`
 /// names the database's own codes that mean the same.
@@ -108,8 +119,16 @@ impl LeaderSession {
         LeaderSession { conn: None }
     }
 
-    pub fn on(conn: Conn) -> LeaderSession {
-        LeaderSession { conn: Some(conn) }
+    /// Runs `sql` (a lock attempt answering 1 when taken) on `conn`, a
+    /// connection of its own: the session holds the lock as long as it
+    /// holds the connection.
+    pub async fn try_lock(
+        mut conn: Conn,
+        sql: &'static str,
+        d: &dyn Dialect,
+    ) -> Result<Option<LeaderSession>> {
+        let got = conn.query_i64(sql).await.map_err(|e| d.error(e))?;
+        Ok((got == Some(1)).then_some(LeaderSession { conn: Some(conn) }))
     }
 
     /// False once the lock's connection is gone (and with it the lock).

@@ -64,12 +64,7 @@ impl Dialect for MySql {
     fn try_leader(&self) -> BoxFuture<'_, Result<Option<LeaderSession>>> {
         Box::pin(async move {
             let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
-            let mut conn = Conn::MySql(conn.detach());
-            let got = conn
-                .query_i64(LEADER_LOCK)
-                .await
-                .map_err(|e| self.error(e))?;
-            Ok((got == Some(1)).then(|| LeaderSession::on(conn)))
+            LeaderSession::try_lock(Conn::MySql(conn.detach()), LEADER_LOCK, self).await
         })
     }
 

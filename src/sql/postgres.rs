@@ -26,12 +26,8 @@ pub const SQL: DialectSql = DialectSql {
     begin_read: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
     now_ms: "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
     lock_meta: " FOR UPDATE",
-    kv_upsert: "ON CONFLICT (k) DO UPDATE SET create_revision = excluded.create_revision, \
-        mod_revision = excluded.mod_revision, version = excluded.version, \
-        lease = excluded.lease, value = excluded.value",
-    compact_superseded: "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND EXISTS \
-        (SELECT 1 FROM koine_log n WHERE n.k = koine_log.k \
-        AND n.revision > koine_log.revision AND n.revision <= ?)",
+    kv_upsert: dialect::ON_CONFLICT_UPSERT,
+    compact_superseded: dialect::COMPACT_SUPERSEDED_EXISTS,
     db_size: "SELECT CAST(pg_database_size(current_database()) AS BIGINT)",
     notify: Some("SELECT pg_notify('koine_revision', CAST(CAST(? AS BIGINT) AS TEXT))"),
     // A B-tree index row holds at most ~2700 bytes (a third of a page);
@@ -68,12 +64,7 @@ impl Dialect for Postgres {
     fn try_leader(&self) -> BoxFuture<'_, Result<Option<LeaderSession>>> {
         Box::pin(async move {
             let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
-            let mut conn = Conn::Postgres(conn.detach());
-            let got = conn
-                .query_i64(LEADER_LOCK)
-                .await
-                .map_err(|e| self.error(e))?;
-            Ok((got == Some(1)).then(|| LeaderSession::on(conn)))
+            LeaderSession::try_lock(Conn::Postgres(conn.detach()), LEADER_LOCK, self).await
         })
     }
 

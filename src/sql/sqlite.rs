@@ -25,12 +25,8 @@ pub const SQL: DialectSql = DialectSql {
     now_ms: "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
     // BEGIN IMMEDIATE already holds the database's single write lock.
     lock_meta: "",
-    kv_upsert: "ON CONFLICT (k) DO UPDATE SET create_revision = excluded.create_revision, \
-        mod_revision = excluded.mod_revision, version = excluded.version, \
-        lease = excluded.lease, value = excluded.value",
-    compact_superseded: "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND EXISTS \
-        (SELECT 1 FROM koine_log n WHERE n.k = koine_log.k \
-        AND n.revision > koine_log.revision AND n.revision <= ?)",
+    kv_upsert: dialect::ON_CONFLICT_UPSERT,
+    compact_superseded: dialect::COMPACT_SUPERSEDED_EXISTS,
     db_size: "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
     notify: None,
     // Keys are BLOBs with no size limit of their own.
