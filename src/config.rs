@@ -147,6 +147,27 @@ impl Config {
         }
     }
 
+    /// Checks that every file a flag names can be read, naming the flag and
+    /// the file otherwise (before anything connects: a missing CA file
+    /// would otherwise surface as an endless "database not reachable").
+    pub(crate) fn check_files(&self) -> anyhow::Result<()> {
+        let files = [
+            ("--ca-file", &self.ca_file),
+            ("--cert-file", &self.cert_file),
+            ("--key-file", &self.key_file),
+            ("--server-cert-file", &self.server_cert_file),
+            ("--server-key-file", &self.server_key_file),
+            ("--trusted-ca-file", &self.trusted_ca_file),
+        ];
+        for (flag, path) in files {
+            if let Some(path) = path {
+                std::fs::File::open(path)
+                    .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Parses the storage endpoint. Errors never include the DSN itself,
     /// since it may hold a password.
     pub(crate) fn storage(&self) -> anyhow::Result<Endpoint> {

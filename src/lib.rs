@@ -44,6 +44,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // Flags are checked before any connection is made.
+    config.check_files()?;
     let tls = serve::server_tls(&config)?;
     let db = match config.storage()? {
         Endpoint::Sqlite(cfg) => sql::sqlite::connect(&cfg).await?,

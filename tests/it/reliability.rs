@@ -304,7 +304,16 @@ async fn tls_flags_that_cannot_be_honoured_stop_startup() {
     assert!(e.contains("--trusted-ca-file"), "{e}");
     let missing = dir.path().join("missing-key.pem").display().to_string();
     let e = startup_error(&["--server-cert-file", &ca, "--server-key-file", &missing]).await;
-    assert!(e.contains("missing-key.pem"), "{e}");
+    assert!(
+        e.contains("--server-key-file") && e.contains("missing-key.pem"),
+        "{e}"
+    );
+    // TLS to the database too: named at once, not retried forever.
+    let e = startup_error(&["--ca-file", &missing]).await;
+    assert!(
+        e.contains("--ca-file") && e.contains("missing-key.pem"),
+        "{e}"
+    );
 }
 
 /// Waits for the next message of a response stream, for up to 30 s.
