@@ -158,27 +158,12 @@ pub fn with_unknown_routes(
                     }
                 }
                 let resp = next.run(req).await;
-                // A Txn nested deeper than the decoder's recursion limit (50
-                // levels): etcd refuses deep nests with "too many
-                // operations" (its op budget shrinks at every level).
-                if txn
-                    && resp.headers().get("grpc-status").is_some_and(|v| v == "13")
-                    && let Some(status) = tonic::Status::from_header_map(resp.headers())
-                    && status.message().contains("recursion limit reached")
+                // Requests tonic could not decode are answered before any
+                // handler runs, in a trailers-only response.
+                if let Some(status) = tonic::Status::from_header_map(resp.headers())
+                    && let Some(etcd) = decode_error_as_etcd(status, txn, recv_limit)
                 {
-                    return tonic::Status::invalid_argument(crate::error::text::TOO_MANY_OPS)
-                        .into_http::<axum::body::Body>()
-                        .into_response();
-                }
-                // A unary request over the receive limit is refused by tonic
-                // before any handler runs, in a trailers-only response.
-                if resp.headers().get("grpc-status").is_some_and(|v| v == "11")
-                    && let Some(status) = tonic::Status::from_header_map(resp.headers())
-                {
-                    let mapped = grpc_go_status(status, recv_limit);
-                    if mapped.code() != tonic::Code::OutOfRange {
-                        return mapped.into_http::<axum::body::Body>().into_response();
-                    }
+                    return etcd.into_http::<axum::body::Body>().into_response();
                 }
                 resp
             },
@@ -203,6 +188,30 @@ fn unimplemented(message: String) -> Response {
     tonic::Status::unimplemented(message)
         .into_http::<axum::body::Body>()
         .into_response()
+}
+
+/// tonic's answer to a request it could not decode, as etcd answers it, if
+/// they differ: a message over the receive limit (see [`grpc_go_status`]);
+/// a Txn nested deeper than the decoder's recursion limit (50 levels),
+/// which etcd refuses with "too many operations" (its op budget shrinks at
+/// every level).
+fn decode_error_as_etcd(
+    status: tonic::Status,
+    txn: bool,
+    recv_limit: Option<usize>,
+) -> Option<tonic::Status> {
+    match status.code() {
+        tonic::Code::OutOfRange => {
+            let mapped = grpc_go_status(status, recv_limit);
+            (mapped.code() != tonic::Code::OutOfRange).then_some(mapped)
+        }
+        tonic::Code::Internal if txn && status.message().contains("recursion limit reached") => {
+            Some(tonic::Status::invalid_argument(
+                crate::error::text::TOO_MANY_OPS,
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// A status from tonic's decoding of a request, as grpc-go (and so etcd)
