@@ -12,10 +12,13 @@
 #     on Koine with SQLite, PostgreSQL and MariaDB: every test that passes on
 #     etcd must pass on Koine;
 #   - a real kube-apiserver and kube-controller-manager on Koine (SQLite),
-#     driven by kubectl and client-go.
+#     driven by kubectl and client-go;
+# and the robustness test (scripts/robustness.sh, 20 s per backend): clients
+# on hot keys under faults, histories checked for linearizability and the
+# watch guarantees, on SQLite, PostgreSQL ×3 and MariaDB ×3.
 #
 #   ./scripts/test.sh              everything
-#   KOINE_TEST_KUBERNETES=0 ./scripts/test.sh    the Rust suite only
+#   KOINE_TEST_KUBERNETES=0 ./scripts/test.sh    the Rust suite only (no Go)
 #   ./scripts/test.sh -- NAME      extra arguments go to `cargo test`
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,4 +51,5 @@ cargo test --all-targets "$@"
 if [ "${KOINE_TEST_KUBERNETES:-1}" != 0 ]; then
     ./scripts/kubernetes.sh storage etcd sqlite postgres mysql
     ./scripts/kubernetes.sh e2e --backend sqlite
+    ./scripts/robustness.sh --duration 20s
 fi
