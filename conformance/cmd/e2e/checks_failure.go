@@ -36,8 +36,8 @@ func checkHA(ctx context.Context, e *env, r *result) error {
 func failover(ctx context.Context, e *env, r *result, victimIdx int, restart bool) error {
 	r.showLogs = nil // every log matters here
 	victim := e.backends[victimIdx]
-	if !victim.alive() {
-		return fmt.Errorf("%s is not running before the check", victim.name)
+	if !victim.Alive() {
+		return fmt.Errorf("%s is not running before the check", victim.Name())
 	}
 	prefix, event := "e2e-ha", "kill"
 	if restart {
@@ -66,20 +66,20 @@ func failover(ctx context.Context, e *env, r *result, victimIdx int, restart boo
 		return err
 	}
 
-	r.note("victim", victim.name)
-	progress("%s: kill -9 %s (pid %d) under load", r.Name, victim.name, victim.pid())
+	r.note("victim", victim.Name())
+	progress("%s: kill -9 %s (pid %d) under load", r.Name, victim.Name(), victim.Pid())
 	killedAt := time.Now()
-	victim.kill()
+	victim.Kill()
 	back := killedAt
 	if restart {
 		if err := sleepCtx(ctx, 2*time.Second); err != nil {
 			return err
 		}
-		if err := victim.start(); err != nil {
-			return fmt.Errorf("restarting %s: %w", victim.name, err)
+		if err := victim.Start(); err != nil {
+			return fmt.Errorf("restarting %s: %w", victim.Name(), err)
 		}
 		if err := e.waitBackend(ctx, victimIdx, time.Minute); err != nil {
-			return fmt.Errorf("restarted %s: %w", victim.name, err)
+			return fmt.Errorf("restarted %s: %w", victim.Name(), err)
 		}
 		back = time.Now()
 		r.note("storage_down_seconds", back.Sub(killedAt).Seconds())
@@ -89,8 +89,8 @@ func failover(ctx context.Context, e *env, r *result, victimIdx int, restart boo
 	// storage came back (or, with HA, after the kill) is acknowledged.
 	var recovered time.Time
 	if err := poll(ctx, 100*time.Millisecond, time.Minute, "an acknowledged write after the "+event, func(context.Context) (bool, error) {
-		if !e.apiserver.alive() {
-			return false, permanent(fmt.Errorf("kube-apiserver exited: %v", e.apiserver.exitErr()))
+		if !e.apiserver.Alive() {
+			return false, permanent(fmt.Errorf("kube-apiserver exited: %v", e.apiserver.ExitErr()))
 		}
 		if t, ok := wr.firstAckStartedAfter(back); ok {
 			recovered = t
@@ -145,8 +145,8 @@ func failover(ctx context.Context, e *env, r *result, victimIdx int, restart boo
 	r.note("watch_relists", obs.relistCount()-1)
 
 	// The rest of the control plane recovered too.
-	if !e.kcm.alive() {
-		return fmt.Errorf("kube-controller-manager exited: %v", e.kcm.exitErr())
+	if !e.kcm.Alive() {
+		return fmt.Errorf("kube-controller-manager exited: %v", e.kcm.ExitErr())
 	}
 	return kcmLeaseAdvancing(ctx, e)
 }
@@ -155,8 +155,8 @@ func kcmLeaseAdvancing(ctx context.Context, e *env) error {
 	leases := e.kube.CoordinationV1().Leases("kube-system")
 	var first *metav1.MicroTime
 	return poll(ctx, time.Second, time.Minute, "kube-controller-manager to renew its lease", func(ctx context.Context) (bool, error) {
-		if !e.kcm.alive() {
-			return false, permanent(fmt.Errorf("kube-controller-manager exited: %v", e.kcm.exitErr()))
+		if !e.kcm.Alive() {
+			return false, permanent(fmt.Errorf("kube-controller-manager exited: %v", e.kcm.ExitErr()))
 		}
 		l, err := leases.Get(ctx, "kube-controller-manager", metav1.GetOptions{})
 		if err != nil {

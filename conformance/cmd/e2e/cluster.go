@@ -26,6 +26,8 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"koine.local/conformance/internal/proc"
 )
 
 // cluster is the running control plane and its storage.
@@ -35,12 +37,12 @@ type cluster struct {
 	dir   string
 	pki   *pki
 
-	backends  []*proc  // the Koine instances, or the one etcd
-	endpoints []string // http://127.0.0.1:PORT of each backend, same order
-	database  string   // DSN of the database the Koine instances share
+	backends  []*proc.Proc // the Koine instances, or the one etcd
+	endpoints []string     // http://127.0.0.1:PORT of each backend, same order
+	database  string       // DSN of the database the Koine instances share
 
-	apiserver *proc
-	kcm       *proc
+	apiserver *proc.Proc
+	kcm       *proc.Proc
 	apiURL    string
 	readyAt   time.Time
 
@@ -59,11 +61,11 @@ func startCluster(ctx context.Context, o *options, procs *processes) (*cluster, 
 		return nil, err
 	}
 
-	apiPort, err := freePort()
+	apiPort, err := proc.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	kcmPort, err := freePort()
+	kcmPort, err := proc.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +114,7 @@ func startCluster(ctx context.Context, o *options, procs *processes) (*cluster, 
 		"--etcd-count-metric-poll-period=5s",
 		"--cert-dir=" + filepath.Join(o.workDir, "apiserver-certs"),
 	})
-	if err := c.apiserver.start(); err != nil {
+	if err := c.apiserver.Start(); err != nil {
 		return nil, err
 	}
 	if err := c.waitAPIServerReady(ctx, o.startupTimeout); err != nil {
@@ -165,15 +167,15 @@ func startCluster(ctx context.Context, o *options, procs *processes) (*cluster, 
 		fmt.Sprintf("--secure-port=%d", kcmPort),
 		"--cert-dir=" + filepath.Join(o.workDir, "kcm-certs"),
 	})
-	if err := c.kcm.start(); err != nil {
+	if err := c.kcm.Start(); err != nil {
 		return nil, err
 	}
 	// Controllers are up once the controller-manager holds its lease and
 	// the service-account controller has made the default namespace's
 	// "default" ServiceAccount (Pods cannot be created without it).
 	err = poll(ctx, 500*time.Millisecond, 2*time.Minute, "kube-controller-manager to take its lease and create ServiceAccounts", func(ctx context.Context) (bool, error) {
-		if !c.kcm.alive() {
-			return false, permanent(fmt.Errorf("kube-controller-manager exited: %v", c.kcm.exitErr()))
+		if !c.kcm.Alive() {
+			return false, permanent(fmt.Errorf("kube-controller-manager exited: %v", c.kcm.ExitErr()))
 		}
 		l, err := c.kube.CoordinationV1().Leases("kube-system").Get(ctx, "kube-controller-manager", metav1.GetOptions{})
 		if err != nil {
@@ -196,11 +198,11 @@ func startCluster(ctx context.Context, o *options, procs *processes) (*cluster, 
 func (c *cluster) startBackends(ctx context.Context, logs string) error {
 	o := c.o
 	if o.backend == "etcd" {
-		port, err := freePort()
+		port, err := proc.FreePort()
 		if err != nil {
 			return err
 		}
-		peer, err := freePort()
+		peer, err := proc.FreePort()
 		if err != nil {
 			return err
 		}
@@ -217,7 +219,7 @@ func (c *cluster) startBackends(ctx context.Context, logs string) error {
 			"--initial-cluster-state=new",
 			"--log-level=warn",
 		})
-		c.backends, c.endpoints = []*proc{p}, []string{client}
+		c.backends, c.endpoints = []*proc.Proc{p}, []string{client}
 	} else {
 		switch o.backend {
 		case "sqlite":
@@ -235,7 +237,7 @@ func (c *cluster) startBackends(ctx context.Context, logs string) error {
 			c.database = dsn
 		}
 		for i := 0; i < o.instances; i++ {
-			port, err := freePort()
+			port, err := proc.FreePort()
 			if err != nil {
 				return err
 			}
@@ -254,7 +256,7 @@ func (c *cluster) startBackends(ctx context.Context, logs string) error {
 		}
 	}
 	for i, p := range c.backends {
-		if err := p.start(); err != nil {
+		if err := p.Start(); err != nil {
 			return err
 		}
 		if err := c.waitBackend(ctx, i, time.Minute); err != nil {
@@ -273,9 +275,9 @@ func (c *cluster) waitBackend(ctx context.Context, i int, timeout time.Duration)
 		path = "/health"
 	}
 	hc := &http.Client{Timeout: 2 * time.Second}
-	return poll(ctx, 100*time.Millisecond, timeout, p.name+" to become ready", func(ctx context.Context) (bool, error) {
-		if !p.alive() {
-			return false, permanent(fmt.Errorf("%s exited: %v", p.name, p.exitErr()))
+	return poll(ctx, 100*time.Millisecond, timeout, p.Name()+" to become ready", func(ctx context.Context) (bool, error) {
+		if !p.Alive() {
+			return false, permanent(fmt.Errorf("%s exited: %v", p.Name(), p.ExitErr()))
 		}
 		return httpOK(ctx, hc, c.endpoints[i]+path, "")
 	})
@@ -289,8 +291,8 @@ func (c *cluster) waitAPIServerReady(ctx context.Context, timeout time.Duration)
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
 	}
 	return poll(ctx, 500*time.Millisecond, timeout, "kube-apiserver /readyz", func(ctx context.Context) (bool, error) {
-		if !c.apiserver.alive() {
-			return false, permanent(fmt.Errorf("kube-apiserver exited: %v", c.apiserver.exitErr()))
+		if !c.apiserver.Alive() {
+			return false, permanent(fmt.Errorf("kube-apiserver exited: %v", c.apiserver.ExitErr()))
 		}
 		return httpOK(ctx, hc, c.apiURL+"/readyz", c.pki.token)
 	})
@@ -356,7 +358,7 @@ func (e *env) close() {
 func (e *env) backendNames() []string {
 	var out []string
 	for _, p := range e.backends {
-		out = append(out, p.name)
+		out = append(out, p.Name())
 	}
 	return out
 }

@@ -11,14 +11,24 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"koine.local/conformance/internal/proc"
 )
+
+// newProc is proc.New with this program's marker on the start and exit
+// lines in the log, which tells them from the server's own output.
+func newProc(name, bin string, args []string, logDir string) *proc.Proc {
+	p := proc.New(name, bin, args, logDir)
+	p.Marker = "=== robustness:"
+	return p
+}
 
 // instance is one Koine process, with the proxy its database connections
 // go through (none on SQLite).
 type instance struct {
 	id    int
 	port  int
-	proc  *proc
+	proc  *proc.Proc
 	proxy *proxy
 
 	mu sync.Mutex
@@ -86,7 +96,7 @@ func startCluster(ctx context.Context, o *options, runDir string) (*cluster, err
 		c.db = db
 	}
 	for i := 0; i < o.instances; i++ {
-		port, err := freePort()
+		port, err := proc.FreePort()
 		if err != nil {
 			return c, err
 		}
@@ -120,7 +130,7 @@ func startCluster(ctx context.Context, o *options, runDir string) (*cluster, err
 // startInstance starts (or restarts, on the same port and database) a
 // Koine instance and waits until /readyz answers 200.
 func (c *cluster) startInstance(ctx context.Context, in *instance) error {
-	if err := in.proc.start(); err != nil {
+	if err := in.proc.Start(); err != nil {
 		return err
 	}
 	if err := waitReadyz(ctx, in, time.Minute); err != nil {
@@ -132,7 +142,7 @@ func (c *cluster) startInstance(ctx context.Context, in *instance) error {
 
 func (c *cluster) killInstance(in *instance) {
 	in.setUp(false)
-	in.proc.kill()
+	in.proc.Kill()
 }
 
 func waitReadyz(ctx context.Context, in *instance, timeout time.Duration) error {
@@ -141,8 +151,8 @@ func waitReadyz(ctx context.Context, in *instance, timeout time.Duration) error 
 	url := "http://" + in.endpoint() + "/readyz"
 	var last string
 	for {
-		if !in.proc.alive() {
-			return fmt.Errorf("%s exited: %v (log %s)", in.proc.name, in.proc.exitErr(), in.proc.logPath)
+		if !in.proc.Alive() {
+			return fmt.Errorf("%s exited: %v (log %s)", in.proc.Name(), in.proc.ExitErr(), in.proc.LogPath())
 		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := hc.Do(req)
@@ -156,7 +166,7 @@ func waitReadyz(ctx context.Context, in *instance, timeout time.Duration) error 
 			last = err.Error()
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %s (last: %s; log %s)", in.proc.name, timeout, last, in.proc.logPath)
+			return fmt.Errorf("%s not ready after %s (last: %s; log %s)", in.proc.Name(), timeout, last, in.proc.LogPath())
 		}
 		select {
 		case <-ctx.Done():
@@ -184,14 +194,14 @@ func (c *cluster) waitAllReady(ctx context.Context, timeout time.Duration) error
 func (c *cluster) stop() {
 	for _, in := range c.instances {
 		if in.proc != nil {
-			in.proc.stop(5 * time.Second)
+			in.proc.Stop(5 * time.Second)
 		}
 		if in.proxy != nil {
 			in.proxy.close()
 		}
 	}
 	if c.db != nil {
-		c.db.proc.stop(10 * time.Second)
+		c.db.proc.Stop(10 * time.Second)
 	}
 }
 

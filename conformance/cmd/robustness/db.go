@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"koine.local/conformance/internal/proc"
 )
 
 // dbServer is a throwaway PostgreSQL or MariaDB server, started the way
@@ -24,7 +26,7 @@ type dbServer struct {
 	kind string // postgres | mysql
 	dir  string
 	port int
-	proc *proc
+	proc *proc.Proc
 	// ready reports whether the server accepts connections (PostgreSQL:
 	// pg_isready; MariaDB: it sends its handshake).
 	ready func(ctx context.Context) bool
@@ -44,14 +46,14 @@ func (d *dbServer) dsn(port int, database string) string {
 func (d *dbServer) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		if !d.proc.alive() {
-			return fmt.Errorf("%s exited: %v (log %s)", d.proc.name, d.proc.exitErr(), d.proc.logPath)
+		if !d.proc.Alive() {
+			return fmt.Errorf("%s exited: %v (log %s)", d.proc.Name(), d.proc.ExitErr(), d.proc.LogPath())
 		}
 		if d.ready(ctx) {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not accepting connections after %s (log %s)", d.proc.name, timeout, d.proc.logPath)
+			return fmt.Errorf("%s not accepting connections after %s (log %s)", d.proc.Name(), timeout, d.proc.LogPath())
 		}
 		select {
 		case <-ctx.Done():
@@ -70,7 +72,7 @@ func (d *dbServer) restart(ctx context.Context) error {
 		// which would make PostgreSQL refuse to start.
 		_ = os.Remove(filepath.Join(d.dir, "data", "postmaster.pid"))
 	}
-	if err := d.proc.start(); err != nil {
+	if err := d.proc.Start(); err != nil {
 		return err
 	}
 	return d.waitReady(ctx, 2*time.Minute)
@@ -112,13 +114,13 @@ func startPostgres(ctx context.Context, parent, logDir string) (*dbServer, error
 			return nil, err
 		}
 	}
-	if err := runLogged("initdb", filepath.Join(bin, "initdb"), []string{
+	if err := proc.RunLogged("initdb", filepath.Join(bin, "initdb"), []string{
 		"-D", filepath.Join(dir, "data"), "-U", "postgres", "--auth=trust", "--no-sync",
 		"-E", "UTF8", "--locale=C",
 	}, logDir, cred); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +128,7 @@ func startPostgres(ctx context.Context, parent, logDir string) (*dbServer, error
 		"-D", filepath.Join(dir, "data"), "-p", strconv.Itoa(port), "-h", "127.0.0.1", "-k", dir,
 		"-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=500",
 	}, logDir)
-	p.cred = cred
+	p.Cred = cred
 	d := &dbServer{kind: "postgres", dir: dir, port: port, proc: p}
 	isready := filepath.Join(bin, "pg_isready")
 	d.ready = func(ctx context.Context) bool {
@@ -136,11 +138,11 @@ func startPostgres(ctx context.Context, parent, logDir string) (*dbServer, error
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		return cmd.Run() == nil
 	}
-	if err := p.start(); err != nil {
+	if err := p.Start(); err != nil {
 		return nil, err
 	}
 	if err := d.waitReady(ctx, time.Minute); err != nil {
-		p.kill()
+		p.Kill()
 		return nil, err
 	}
 	return d, nil
@@ -168,10 +170,10 @@ func startMariaDB(ctx context.Context, parent, logDir string) (*dbServer, error)
 	}
 	args := append([]string{"--no-defaults", "--datadir=" + filepath.Join(dir, "data")}, userArg...)
 	args = append(args, "--skip-test-db", "--auth-root-authentication-method=normal", "--innodb-log-file-size=16M")
-	if err := runLogged("mariadb-install-db", install, args, logDir, nil); err != nil {
+	if err := proc.RunLogged("mariadb-install-db", install, args, logDir, nil); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -199,11 +201,11 @@ func startMariaDB(ctx context.Context, parent, logDir string) (*dbServer, error)
 		n, err := c.Read(b[:])
 		return err == nil && n > 0
 	}
-	if err := p.start(); err != nil {
+	if err := p.Start(); err != nil {
 		return nil, err
 	}
 	if err := d.waitReady(ctx, 2*time.Minute); err != nil {
-		p.kill()
+		p.Kill()
 		return nil, err
 	}
 	return d, nil

@@ -79,7 +79,7 @@ func (j *injector) run(ctx context.Context, start time.Time, first time.Duration
 func (j *injector) inject(ctx context.Context, kind string) faultRecord {
 	c := j.c
 	in := c.instances[j.rng.Intn(len(c.instances))]
-	rec := faultRecord{Kind: kind, Target: in.proc.name, Start: j.clock()}
+	rec := faultRecord{Kind: kind, Target: in.proc.Name(), Start: j.clock()}
 	var err error
 	switch kind {
 	case faultKillInstance:
@@ -87,22 +87,22 @@ func (j *injector) inject(ctx context.Context, kind string) faultRecord {
 		sleepCtx(ctx, time.Second)
 		err = c.startInstance(ctx, in)
 	case faultFreezeInstance:
-		in.proc.freeze()
+		in.proc.Freeze()
 		sleepCtx(ctx, 3*time.Second)
-		in.proc.thaw()
+		in.proc.Thaw()
 		err = waitReadyz(ctx, in, time.Minute)
 	case faultKillDB:
-		rec.Target = c.db.proc.name
-		c.db.proc.kill()
+		rec.Target = c.db.proc.Name()
+		c.db.proc.Kill()
 		sleepCtx(ctx, 500*time.Millisecond)
 		if err = c.db.restart(ctx); err == nil {
 			err = c.waitAllReady(ctx, time.Minute)
 		}
 	case faultFreezeDB:
-		rec.Target = c.db.proc.name
-		c.db.proc.freeze()
+		rec.Target = c.db.proc.Name()
+		c.db.proc.Freeze()
 		sleepCtx(ctx, 3*time.Second)
-		c.db.proc.thaw()
+		c.db.proc.Thaw()
 		err = c.waitAllReady(ctx, time.Minute)
 	case faultCutConns:
 		// A few cuts in a row, so that some land while a COMMIT is in
