@@ -33,30 +33,13 @@
 # STORAGE_RUN (a -test.run regexp), STORAGE_TIMEOUT (default 30m per binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
-OUT=$ROOT/target/conformance
-MOD=$ROOT/conformance
-export GOFLAGS=-mod=readonly
-export CGO_ENABLED=1
-mkdir -p "$OUT"
+source scripts/lib/conformance.sh
 source scripts/lib/dbs.sh
 
 # The two trees of the suite; each builds into a directory of its own, since
 # both hold packages named metrics and testing.
 STORAGE_TREES=(etcd3 cacher)
 ALL_BACKENDS=(etcd sqlite postgres mysql kine-sqlite kine-postgres kine-mysql)
-
-log() { printf '\n== %s\n' "$*" >&2; }
-
-koine_bin() {
-    KOINE_BIN=${KOINE_BIN:-$ROOT/target/debug/koine}
-    if [ ! -x "$KOINE_BIN" ]; then
-        log "building koine"
-        cargo build --bin koine
-    fi
-    KOINE_BIN=$(realpath "$KOINE_BIN")
-    export KOINE_BIN
-}
 
 # The storage suite is built from a copy of k8s.io/apiserver (go refuses
 # overlays of files in the module cache): the module at the version

@@ -17,11 +17,7 @@
 # Environment: KOINE_BIN (default target/debug/koine, built if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
-OUT=$ROOT/target/conformance
-MOD=$ROOT/conformance
-export GOFLAGS=-mod=readonly
-export CGO_ENABLED=1
+source scripts/lib/conformance.sh
 
 duration=20s
 backend=all
@@ -44,17 +40,9 @@ case $backend in
     *) echo "--backend sqlite|postgres|mysql|all" >&2; exit 2 ;;
 esac
 
-log() { printf '\n== %s\n' "$*" >&2; }
-
-KOINE_BIN=${KOINE_BIN:-$ROOT/target/debug/koine}
-if [ ! -x "$KOINE_BIN" ]; then
-    log "building koine"
-    cargo build --bin koine
-fi
-KOINE_BIN=$(realpath "$KOINE_BIN")
+koine_bin
 
 log "building the robustness test"
-mkdir -p "$OUT/bin" "$OUT/results"
 (cd "$MOD" && go build -o "$OUT/bin/" ./cmd/robustness)
 
 rc=0
