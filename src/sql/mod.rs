@@ -12,6 +12,7 @@
 mod dialect;
 mod exec;
 pub mod mysql;
+mod nodelay;
 pub mod postgres;
 mod queries;
 pub mod sqlite;

@@ -167,6 +167,7 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _| {
                 Box::pin(async move {
+                    super::nodelay::set_on_all_tcp_sockets();
                     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                         .await?;
                     Ok(())
@@ -195,6 +196,7 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
         .acquire_timeout(Duration::from_secs(10))
         .after_connect(|conn, _| {
             Box::pin(async move {
+                super::nodelay::set_on_all_tcp_sockets();
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                     .await?;
                 Ok(())

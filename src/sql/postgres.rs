@@ -93,6 +93,12 @@ impl Notifications for Listener {
     }
 }
 
+/// Turns Nagle's algorithm off on a new connection (see `nodelay.rs`).
+fn no_delay() -> std::result::Result<(), sqlx::Error> {
+    super::nodelay::set_on_all_tcp_sockets();
+    Ok(())
+}
+
 pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
     let mut opts = PgConnectOptions::from_str(dsn)
         .map_err(|e| anyhow::anyhow!("invalid postgres endpoint: {}", super::redact_error(&e)))?;
@@ -149,6 +155,7 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
         PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|_, _| Box::pin(async { no_delay() }))
             .connect_with(opts.clone())
     })
     .await;
@@ -156,6 +163,7 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
     let read = PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|_, _| Box::pin(async { no_delay() }))
         .connect_with(opts)
         .await?;
     tracing::info!(%target, "connected to PostgreSQL");
