@@ -215,39 +215,60 @@ async fn preload(kv: &KvClient<Channel>, keys: usize, size: usize) -> anyhow::Re
         .chunks(64)
         .map(<[usize]>::to_vec)
         .collect();
+    // One Txn of 64 puts per chunk; a server that refuses that shape (kine
+    // accepts only kube-apiserver's) gets one create Txn per key.
+    let probe = put_txn(kv.clone(), vec![chunks[0][0]], size, false).await;
+    let single = matches!(&probe, Err(s) if s.code() == tonic::Code::InvalidArgument);
+    if !single {
+        probe?;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in chunks {
-        let mut kv = kv.clone();
-        tasks.spawn(async move {
-            let ops = chunk
-                .iter()
-                .map(|&i| {
-                    let k = key(i);
-                    pb::RequestOp {
-                        request: Some(request_op::Request::RequestPut(pb::PutRequest {
-                            value: value(&k, size),
-                            key: k,
-                            ..Default::default()
-                        })),
-                    }
-                })
-                .collect();
-            kv.txn(pb::TxnRequest {
-                compare: vec![],
-                success: ops,
-                failure: vec![],
-            })
-            .await
-        });
-        while tasks.len() >= 16 {
-            if let Some(r) = tasks.join_next().await {
-                r??;
+        if single {
+            for i in chunk {
+                tasks.spawn(put_txn(kv.clone(), vec![i], size, true));
+                drain(&mut tasks, 64).await?;
             }
+        } else {
+            tasks.spawn(put_txn(kv.clone(), chunk, size, false));
+            drain(&mut tasks, 16).await?;
         }
     }
-    while let Some(r) = tasks.join_next().await {
-        r??;
+    drain(&mut tasks, 0).await
+}
+
+/// Waits until at most `left` preload tasks run, failing on an error.
+async fn drain(
+    tasks: &mut tokio::task::JoinSet<Result<(), tonic::Status>>,
+    left: usize,
+) -> anyhow::Result<()> {
+    while tasks.len() > left {
+        if let Some(r) = tasks.join_next().await {
+            r??;
+        }
     }
+    Ok(())
+}
+
+/// Puts `keys` in one Txn; `create`: only if absent (the one-key
+/// create shape every etcd-compatible server accepts).
+async fn put_txn(
+    mut kv: KvClient<Channel>,
+    keys: Vec<usize>,
+    size: usize,
+    create: bool,
+) -> Result<(), tonic::Status> {
+    let compare = match (create, keys.as_slice()) {
+        (true, [i]) => vec![mod_equals(&key(*i), 0)],
+        _ => vec![],
+    };
+    let success = keys.iter().map(|&i| put_op(&key(i), size)).collect();
+    kv.txn(pb::TxnRequest {
+        compare,
+        success,
+        failure: vec![],
+    })
+    .await?;
     Ok(())
 }
 
@@ -474,7 +495,7 @@ impl Client {
             .txn(pb::TxnRequest {
                 compare: vec![mod_equals(&k, seen)],
                 success: vec![put_op(&k, self.size)],
-                failure: vec![],
+                failure: vec![get_op(&k)],
             })
             .await?;
         Ok(())
@@ -491,12 +512,12 @@ impl Client {
                 success: vec![pb::RequestOp {
                     request: Some(request_op::Request::RequestDeleteRange(
                         pb::DeleteRangeRequest {
-                            key: k,
+                            key: k.clone(),
                             ..Default::default()
                         },
                     )),
                 }],
-                failure: vec![],
+                failure: vec![get_op(&k)],
             })
             .await?;
         Ok(())
@@ -579,6 +600,17 @@ fn mod_equals(key: &Bytes, rev: i64) -> pb::Compare {
         key: key.clone(),
         target_union: Some(compare::TargetUnion::ModRevision(rev)),
         range_end: Bytes::new(),
+    }
+}
+
+/// The read kube-apiserver puts in the else branch of its conditional
+/// updates and deletes.
+fn get_op(key: &Bytes) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+            key: key.clone(),
+            ..Default::default()
+        })),
     }
 }
 

@@ -5,9 +5,13 @@
 # Rust tests' tests/it/dbs.rs: fast, but an acknowledged commit survives
 # the server process being killed.
 #
-#   pg_start VAR      start PostgreSQL; VAR=<DSN of database "kubernetes">
-#   maria_start VAR   start MariaDB;    VAR=<DSN of database "kubernetes">
+#   pg_start VAR [tls]      start PostgreSQL; VAR=<DSN of database "kubernetes">
+#   maria_start VAR [tls]   start MariaDB;    VAR=<DSN of database "kubernetes">
 #   dbs_stop_all
+#
+# With `tls` the server also offers TLS (a self-signed certificate made in
+# its directory); the DSN returned still asks for plain TCP, and a client
+# asks for TLS in its own DSN (sslmode=require, ssl-mode=REQUIRED).
 
 DBS_DIRS=()
 DBS_PIDS=()
@@ -26,22 +30,33 @@ dbs_stop_all() {
     DBS_DIRS=()
 }
 
-# pg_start VAR: PostgreSQL with trust auth as user postgres.
+# self_signed DIR: server.crt and server.key for 127.0.0.1 in DIR.
+self_signed() {
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=127.0.0.1 \
+        -keyout "$1/server.key" -out "$1/server.crt" 2>/dev/null
+    chmod 600 "$1/server.key"
+}
+
+# pg_start VAR [tls]: PostgreSQL with trust auth as user postgres.
 pg_start() {
-    local bin dir port as=""
+    local bin dir port as="" tls=()
     bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
     [ -x "$bin/postgres" ] || { echo "no PostgreSQL server binaries: install postgresql" >&2; return 1; }
     dir=$(mktemp -d /tmp/koine-pg.XXXXXX)
     DBS_DIRS+=("$dir")
+    if [ "${2:-}" = tls ]; then
+        self_signed "$dir"
+        tls=(-c ssl=on -c "ssl_cert_file=$dir/server.crt" -c "ssl_key_file=$dir/server.key")
+    fi
     if [ "$(id -u)" -eq 0 ]; then
-        chown postgres:postgres "$dir"
+        chown -R postgres:postgres "$dir"
         as="setpriv --reuid=postgres --regid=postgres --init-groups"
     fi
     $as "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C \
         >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; return 1; }
     port=$(free_port)
     setsid $as "$bin/postgres" -D "$dir/data" -p "$port" -h 127.0.0.1 -k "$dir" \
-        -c fsync=off -c full_page_writes=off -c max_connections=500 \
+        -c fsync=off -c full_page_writes=off -c max_connections=500 "${tls[@]}" \
         >"$dir/server.log" 2>&1 </dev/null &
     DBS_PIDS+=($!)
     disown $! # killed by dbs_stop_all, never waited for: no job noise
@@ -53,15 +68,19 @@ pg_start() {
     printf -v "$1" '%s' "postgres://postgres@127.0.0.1:$port/kubernetes?sslmode=disable"
 }
 
-# maria_start VAR: MariaDB with root allowed from 127.0.0.1 without password.
+# maria_start VAR [tls]: MariaDB with root allowed from 127.0.0.1 without password.
 maria_start() {
-    local mariadbd install dir port user=""
+    local mariadbd install dir port user="" tls=()
     mariadbd=$(ls /usr/sbin/mariadbd /usr/sbin/mysqld 2>/dev/null | head -1)
     install=$(ls /usr/bin/mariadb-install-db /usr/bin/mysql_install_db 2>/dev/null | head -1)
     [ -n "$mariadbd" ] && [ -n "$install" ] || { echo "no MariaDB server binaries: install mariadb-server" >&2; return 1; }
     dir=$(mktemp -d /tmp/koine-maria.XXXXXX)
     DBS_DIRS+=("$dir")
     [ "$(id -u)" -eq 0 ] && user="--user=root"
+    if [ "${2:-}" = tls ]; then
+        self_signed "$dir"
+        tls=(--ssl-cert="$dir/server.crt" --ssl-key="$dir/server.key")
+    fi
     cat >"$dir/init.sql" <<'SQL'
 CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
 GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
@@ -76,7 +95,7 @@ SQL
         --innodb-flush-log-at-trx-commit=2 --innodb-doublewrite=0 \
         --innodb-log-file-size=16M --max-connections=1000 --max-connect-errors=1000000 \
         --max-allowed-packet=64M --character-set-server=utf8mb4 \
-        --collation-server=utf8mb4_general_ci >"$dir/server.log" 2>&1 </dev/null &
+        --collation-server=utf8mb4_general_ci "${tls[@]}" >"$dir/server.log" 2>&1 </dev/null &
     DBS_PIDS+=($!)
     disown $! # killed by dbs_stop_all, never waited for: no job noise
     for _ in $(seq 600); do

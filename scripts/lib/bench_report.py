@@ -1,0 +1,203 @@
+"""Turns scripts/bench.sh's results (JSON lines/arrays from `koine bench
+--json`, plus RSS records) into docs/benchmarks.md on stdout.
+
+    python3 scripts/lib/bench_report.py RESULTS DURATION
+"""
+
+import json
+import platform
+import subprocess
+import sys
+
+REF = "etcd-3.7"
+# (workload, clients) rows of the throughput tables, in order.
+ROWS = [("create", 1), ("create", 16), ("create", 64), ("update", 16), ("update", 64),
+        ("get", 16), ("get", 64), ("list", 1), ("list", 16), ("count", 16), ("lease", 16),
+        ("mixed", 16), ("mixed", 64)]
+KOINE = ["koine-sqlite", "koine-postgres", "koine-postgres-tls", "koine-mariadb", "koine-mariadb-tls"]
+KINE_OF = {"koine-sqlite": "kine-sqlite", "koine-postgres": "kine-postgres",
+           "koine-postgres-tls": "kine-postgres", "koine-mariadb": "kine-mariadb",
+           "koine-mariadb-tls": "kine-mariadb"}
+# The targets of the performance issue: (workloads, clients, minimum ratio
+# to etcd on SQLite, on PostgreSQL/MariaDB, minimum ratio to kine).
+TARGETS = [
+    ("create", (16, 64), 1.0, 0.7, 3.0),
+    ("update", (16, 64), 1.0, 0.7, 3.0),
+    ("get", (16, 64), 1.0, 0.8, 3.0),
+    ("list", (1, 16), 1.5, 1.0, 3.0),
+    ("count", (16,), 1.0, 1.0, 3.0),
+    ("mixed", (16, 64), 1.0, 0.7, 3.0),
+]
+
+
+def load(path):
+    rows, text, dec, i = [], open(path).read(), json.JSONDecoder(), 0
+    while i < len(text):
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            break
+        obj, i = dec.raw_decode(text, i)
+        rows.extend(obj if isinstance(obj, list) else [obj])
+    return rows
+
+
+def main():
+    rows = load(sys.argv[1])
+    dur = sys.argv[2]
+    by = {}
+    rss = {}
+    failed = set()
+    labels = []
+    for r in rows:
+        if r["label"] not in labels:
+            labels.append(r["label"])
+        if r.get("failed"):
+            failed.add((r["label"], r["workload"]))
+        elif r["workload"] == "rss":
+            rss[r["label"]] = r
+        else:
+            by[(r["label"], r["workload"], r["clients"])] = r
+    main_labels = [l for l in labels if not l.endswith("-x2")]
+
+    def ops(label, w, c):
+        r = by.get((label, w, c))
+        return r["ops_per_sec"] if r and not r["errors"] else None
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    print("# Benchmarks\n")
+    print(f"Produced by `scripts/bench.sh --duration {dur}` on a {cpu}-core machine ({model},"
+          f" {platform.platform()}); every figure is one {dur} run of `koine bench`, which"
+          " checks every answer it gets. Servers run one at a time, each on fresh data, the load"
+          " generator beside them on loopback. etcd 3.7.3 and kine v0.17.5 are built from the Go"
+          " module proxy by the script; etcd 3.4 is Debian's. PostgreSQL and MariaDB are"
+          " throwaway local servers (scripts/lib/dbs.sh: fsync off for PostgreSQL,"
+          " innodb_flush_log_at_trx_commit=2 for MariaDB); `-tls` columns connect to them over"
+          " TLS. Numbers drift between runs on shared machines: compare columns of one run.\n")
+    print("Workloads, shaped like kube-apiserver's: create = Txn(mod==0 → put 1 KiB); update ="
+          " get + Txn(mod==seen → put, else get); get = one key; list = paginated list of 10,000"
+          " keys (limit 500, pinned revision), in lists/s; count = count-only over the 10,000"
+          " keys; lease = grant + put with it; mixed = 20% create, 50% update, 10%"
+          " delete-if-unchanged, 15% get, 5% list; watch = 100 watchers, 100 puts/s, latency"
+          " from sending the put to each watcher receiving it.\n")
+
+    print(f"## Throughput (ops/s; in brackets the ratio to {REF})\n")
+    print("| workload | clients | " + " | ".join(main_labels) + " |")
+    print("|---|---|" + "---|" * len(main_labels))
+    for (w, c) in ROWS:
+        cells = []
+        for l in main_labels:
+            r = by.get((l, w, c))
+            if (l, w) in failed or r is None:
+                cells.append("failed" if (l, w) in failed else "-")
+                continue
+            cell = "%.0f" % r["ops_per_sec"] if r["ops_per_sec"] >= 10 else "%.1f" % r["ops_per_sec"]
+            q = ratio(ops(l, w, c), ops(REF, w, c))
+            if l != REF and q is not None:
+                cell += " (%.2f)" % q
+            if r["errors"]:
+                cell += " (%d errors)" % r["errors"]
+            cells.append(cell)
+        print("| %s | %d | %s |" % (w, c, " | ".join(cells)))
+
+    pairs = [(k, KINE_OF[k]) for k in KOINE if k in main_labels and KINE_OF[k] in main_labels]
+    if pairs:
+        print("\n## Koine against kine on the same database (ratio of ops/s)\n")
+        print("| workload | clients | " + " | ".join(f"{k} / {v}" for k, v in pairs) + " |")
+        print("|---|---|" + "---|" * len(pairs))
+        for (w, c) in ROWS:
+            cells = []
+            for k, v in pairs:
+                q = ratio(ops(k, w, c), ops(v, w, c))
+                cells.append("%.1fx" % q if q is not None else "-")
+            print("| %s | %d | %s |" % (w, c, " | ".join(cells)))
+
+    print("\n## Latency p50 / p99 (ms)\n")
+    print("| workload | clients | " + " | ".join(main_labels) + " |")
+    print("|---|---|" + "---|" * len(main_labels))
+    for (w, c) in ROWS:
+        cells = []
+        for l in main_labels:
+            r = by.get((l, w, c))
+            cells.append("%.1f / %.1f" % (r["p50_ms"], r["p99_ms"]) if r else "-")
+        print("| %s | %d | %s |" % (w, c, " | ".join(cells)))
+
+    print("\n## Watch delivery latency (100 watchers, 100 puts/s)\n")
+    print("| setup | events | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|")
+    for l in labels:
+        r = by.get((l, "watch", 100))
+        if r:
+            print("| %s | %d | %.2f | %.2f | %d |" % (l, r["ops"], r["p50_ms"], r["p99_ms"], r["errors"]))
+        elif (l, "watch") in failed:
+            print("| %s | failed | | | |" % l)
+    print("\n`-x2`: watchers on one instance, puts through a second instance on the same database"
+          " (Koine on PostgreSQL: LISTEN/NOTIFY; Koine on MariaDB: polling, `--poll-interval`;"
+          " kine: its 1 s poll, shortened by its own inserts only).")
+
+    if rss:
+        print("\n## Memory (resident set, MiB)\n")
+        print("| server | idle, after start | after the whole run above |")
+        print("|---|---|---|")
+        for l in main_labels:
+            if l in rss:
+                print("| %s | %.0f | %.0f |" % (l, rss[l]["idle_mib"], rss[l]["after_mib"]))
+
+    print(f"\n## Against the targets, this run\n")
+    print(f"Ratios to {REF} (SQLite target / PostgreSQL-MariaDB target) and to kine on the same"
+          " database; ✔ met, ✘ not met.\n")
+    cols = [k for k in KOINE if k in main_labels]
+    print("| workload | clients | target | " + " | ".join(cols) + " |")
+    print("|---|---|---|" + "---|" * len(cols))
+    for (w, levels, sq, db, kn) in TARGETS:
+        for c in levels:
+            cells = []
+            for k in cols:
+                want = sq if k == "koine-sqlite" else db
+                q = ratio(ops(k, w, c), ops(REF, w, c))
+                qk = ratio(ops(k, w, c), ops(KINE_OF[k], w, c))
+                if q is None:
+                    cells.append("-")
+                    continue
+                ok = q >= want and (qk is None or qk >= kn)
+                extra = ""
+                if w == "mixed" and k == "koine-sqlite":
+                    mine, ref = by.get((k, w, c)), by.get((REF, w, c))
+                    if mine and ref:
+                        ok = ok and mine["p99_ms"] <= ref["p99_ms"]
+                        extra = ", p99 %.0f vs %.0f ms" % (mine["p99_ms"], ref["p99_ms"])
+                kine = "; kine %.1fx" % qk if qk is not None else ""
+                cells.append("%s %.2fx%s%s" % ("✔" if ok else "✘", q, kine, extra))
+            print("| %s | %d | %.1fx / %.1fx, kine %.0fx | %s |" % (w, c, sq, db, kn, " | ".join(cells)))
+    ref_watch = by.get((REF, "watch", 100))
+    if ref_watch:
+        cells = []
+        for k in cols:
+            r = by.get((k, "watch", 100))
+            if not r:
+                cells.append("-")
+                continue
+            limit = ref_watch["p99_ms"] + 1 if k == "koine-sqlite" else 10
+            cells.append("%s %.1f ms" % ("✔" if r["p99_ms"] <= limit else "✘", r["p99_ms"]))
+        print("| watch p99 | 100 | SQLite ≤ etcd + 1 ms (%.1f), others < 10 ms | %s |"
+              % (ref_watch["p99_ms"] + 1, " | ".join(cells)))
+    for l in labels:
+        if l.startswith("koine") and l.endswith("-x2"):
+            r = by.get((l, "watch", 100))
+            if r:
+                print("\nAcross instances (%s): watch p99 %.1f ms — %s (target < 50 ms)."
+                      % (l, r["p99_ms"], "met" if r["p99_ms"] < 50 else "not met"))
+
+
+main()
