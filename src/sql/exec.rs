@@ -140,53 +140,87 @@ macro_rules! bound {
     }};
 }
 
+/// Connections tried for one request when they turn out [`broken`]: more
+/// than a pool holds, so that a database restart, which breaks every idle
+/// connection at once, costs the next request nothing but time.
+const RETRIES: usize = 20;
+
+/// Whether a statement's error means its connection is unusable: the link
+/// broke, or the server ended the session (PostgreSQL's backends send
+/// "terminating connection" 57P01 when the server goes down), which the
+/// dialect classifies as the database being unavailable.
+fn broken(e: &Error) -> bool {
+    matches!(e, Error::Unavailable(_))
+}
+
 fn decode<R: Row, T: FromRow>(rows: Vec<R>) -> Result<Vec<T>> {
     rows.iter().map(|r| T::from_row(r)).collect()
 }
 
 impl Pool {
-    /// Begins a transaction with `begin` (the dialect's BEGIN statement).
-    pub async fn begin(&self, begin: &'static str, d: &dyn Dialect) -> Result<TxInner> {
+    /// Takes a connection from the pool. Pools hand out idle connections
+    /// without testing them first (a test is a round trip to the database
+    /// per request), so a connection the database dropped while it was
+    /// idle shows as a [`broken`] error on its first statement; callers
+    /// retry on another connection ([`RETRIES`]).
+    async fn acquire(&self, d: &dyn Dialect) -> Result<PoolConn> {
         let conn = match self {
             Pool::Sqlite(p) => p.acquire().await.map(PoolConn::Sqlite),
             Pool::Postgres(p) => p.acquire().await.map(PoolConn::Postgres),
             Pool::MySql(p) => p.acquire().await.map(PoolConn::MySql),
         };
-        let mut conn = conn.map_err(|e| d.error(e))?;
-        if let Err(e) = conn.control(begin).await {
-            conn.close_on_drop();
-            return Err(d.error(e));
+        conn.map_err(|e| d.error(e))
+    }
+
+    /// Begins a transaction with `begin` (the dialect's BEGIN statement).
+    pub async fn begin(&self, begin: &'static str, d: &dyn Dialect) -> Result<TxInner> {
+        let mut tries = 0;
+        loop {
+            let mut conn = self.acquire(d).await?;
+            match conn.control(begin).await {
+                Ok(()) => return Ok(TxInner { conn, open: true }),
+                Err(e) => {
+                    conn.close_on_drop();
+                    let e = d.error(e);
+                    tries += 1;
+                    if !(broken(&e) && tries < RETRIES) {
+                        return Err(e);
+                    }
+                }
+            }
         }
-        Ok(TxInner { conn, open: true })
     }
 
     /// Runs one statement outside any explicit transaction (a single
-    /// statement always reads one snapshot).
+    /// statement always reads one snapshot). Only for reads: a statement
+    /// that failed on a broken connection is run again on another.
     pub async fn fetch<T: FromRow>(
         &self,
         sql: &Arc<str>,
         args: &[Arg<'_>],
         d: &dyn Dialect,
     ) -> Result<Vec<T>> {
-        match self {
-            Pool::Sqlite(p) => decode(
-                bound!(sql, args)
-                    .fetch_all(p)
-                    .await
-                    .map_err(|e| d.error(e))?,
-            ),
-            Pool::Postgres(p) => decode(
-                bound!(sql, args)
-                    .fetch_all(p)
-                    .await
-                    .map_err(|e| d.error(e))?,
-            ),
-            Pool::MySql(p) => decode(
-                bound!(sql, args)
-                    .fetch_all(p)
-                    .await
-                    .map_err(|e| d.error(e))?,
-            ),
+        let mut tries = 0;
+        loop {
+            let mut conn = self.acquire(d).await?;
+            let rows = match &mut conn {
+                PoolConn::Sqlite(c) => bound!(sql, args).fetch_all(&mut **c).await.map(decode),
+                PoolConn::Postgres(c) => bound!(sql, args).fetch_all(&mut **c).await.map(decode),
+                PoolConn::MySql(c) => bound!(sql, args).fetch_all(&mut **c).await.map(decode),
+            };
+            match rows {
+                Ok(rows) => return rows,
+                Err(e) => {
+                    let e = d.error(e);
+                    tries += 1;
+                    if broken(&e) {
+                        conn.close_on_drop();
+                    }
+                    if !(broken(&e) && tries < RETRIES) {
+                        return Err(e);
+                    }
+                }
+            }
         }
     }
 

@@ -163,6 +163,8 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
     let opts = opts.database(&database);
     let write = retry_connect(&target, || {
         MySqlPoolOptions::new()
+            // No ping per acquire: exec.rs retries on a broken connection.
+            .test_before_acquire(false)
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _| {
@@ -192,6 +194,8 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
         migrated?;
     }
     let read = MySqlPoolOptions::new()
+        // No ping per acquire: exec.rs retries on a broken connection.
+        .test_before_acquire(false)
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(10))
         .after_connect(|conn, _| {

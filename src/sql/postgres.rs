@@ -153,6 +153,8 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
     let opts = opts.database(&database);
     let write = retry_connect(&target, || {
         PgPoolOptions::new()
+            // No ping per acquire: exec.rs retries on a broken connection.
+            .test_before_acquire(false)
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|_, _| Box::pin(async { no_delay() }))
@@ -161,6 +163,8 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
     .await;
     sqlx::migrate!("migrations/postgres").run(&write).await?;
     let read = PgPoolOptions::new()
+        // No ping per acquire: exec.rs retries on a broken connection.
+        .test_before_acquire(false)
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(10))
         .after_connect(|_, _| Box::pin(async { no_delay() }))

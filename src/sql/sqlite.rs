@@ -154,12 +154,16 @@ pub async fn connect(cfg: &SqliteConfig) -> anyhow::Result<Db> {
         .min_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
+        // No ping per acquire: exec.rs retries on a broken connection.
+        .test_before_acquire(false)
         .connect_with(opts.clone().pragma("cache_size", "-16384"))
         .await?;
     sqlx::migrate!("migrations/sqlite").run(&write).await?;
     let read = SqlitePoolOptions::new()
         .max_connections(8)
         .min_connections(1)
+        // No ping per acquire: exec.rs retries on a broken connection.
+        .test_before_acquire(false)
         .connect_with(opts.read_only(true).pragma("cache_size", "-4096"))
         .await?;
     tracing::info!(path = %cfg.path.display(), "opened SQLite database");

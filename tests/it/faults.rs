@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 
-use crate::dbs::Postgres;
+use crate::dbs::{MariaDb, Postgres};
 use crate::harness::{Koine, KoineProcess};
 
 type Acks = Arc<Mutex<BTreeMap<String, String>>>;
@@ -162,6 +162,60 @@ async fn database_restart_under_load() {
         "outage errors must be Unavailable: {codes:?}"
     );
     check_acks(&k.endpoint, &acks).await;
+}
+
+/// Fills Koine's connection pools (concurrent reads and writes), then
+/// restarts the database while Koine is idle: every pooled connection is
+/// now dead. The next reads and writes must succeed at once: idle
+/// connections are not pinged before use (a round trip per request), so
+/// a broken one has to be replaced by a retry, not reported to the client.
+async fn idle_connections_die(dsn: String, restart: impl std::future::Future<Output = ()>) {
+    let k = Koine::start_on(&dsn, &[]).await;
+    let c = etcd_client::Client::connect([k.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let mut load = Vec::new();
+    for i in 0..32 {
+        let mut c = c.clone();
+        load.push(tokio::spawn(async move {
+            c.put(format!("k{i}"), "v", None).await.unwrap();
+            for _ in 0..20 {
+                c.get(format!("k{i}"), None).await.unwrap();
+            }
+        }));
+    }
+    for t in load {
+        t.await.unwrap();
+    }
+    restart.await;
+    let mut c = c.clone();
+    for i in 0..32 {
+        let got = c
+            .get(format!("k{i}"), None)
+            .await
+            .expect("read after restart");
+        assert_eq!(got.kvs()[0].value(), b"v");
+        c.put(format!("k{i}"), "w", None)
+            .await
+            .expect("write after restart");
+    }
+    let got = c
+        .get("k", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(got.kvs().iter().all(|kv| kv.value() == b"w"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_die_postgres() {
+    let mut pg = Postgres::start().await;
+    idle_connections_die(pg.dsn("koine"), pg.restart()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_die_mariadb() {
+    let mut db = MariaDb::start().await;
+    idle_connections_die(db.dsn("koine"), db.restart()).await;
 }
 
 /// A frozen database: requests fail with etcd's timeout error instead of
