@@ -55,6 +55,25 @@ impl KvCache {
         Ok(v)
     }
 
+    /// Reads the current versions of `keys` not known yet, in as few
+    /// statements as possible (absent keys are known absent).
+    pub async fn prefetch(&mut self, tx: &mut DbTx, mut keys: Vec<Bytes>) -> Result<()> {
+        keys.retain(|k| !self.known.contains_key(k));
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let found = tx.get_many(&keys).await?;
+        for k in keys {
+            self.known.insert(k, None);
+        }
+        for kv in found {
+            self.known.insert(kv.key.clone(), Some(kv));
+        }
+        Ok(())
+    }
+
     /// Records a key's new state (`None`: deleted), to be flushed.
     fn set(&mut self, key: &Bytes, kv: Option<KeyValue>) {
         self.known.insert(key.clone(), kv);
@@ -173,6 +192,10 @@ impl Write for PutRequest {
     fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, PutResult> {
         Box::pin(put(tx, state, self))
     }
+
+    fn point_reads(&self, keys: &mut Vec<Bytes>) {
+        keys.push(self.key.clone());
+    }
 }
 
 impl Write for DeleteRequest {
@@ -190,6 +213,21 @@ impl Write for TxnRequest {
     type Output = TxnResult;
     fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, TxnResult> {
         Box::pin(txn(tx, state, self))
+    }
+
+    fn point_reads(&self, keys: &mut Vec<Bytes>) {
+        for c in &self.compare {
+            if c.range_end.is_empty() {
+                keys.push(c.key.clone());
+            }
+        }
+        for op in self.success.iter().chain(&self.failure) {
+            match op {
+                Op::Put(p) => p.point_reads(keys),
+                Op::Txn(t) => t.point_reads(keys),
+                Op::Range(_) | Op::Delete(_) => {}
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
@@ -44,6 +45,11 @@ pub trait Write: Send + Sync + 'static {
     /// anything; a database error fails the whole batch.
     fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState)
     -> BoxFut<'a, Self::Output>;
+
+    /// Single keys whose current version the request will read (compared
+    /// or replaced): the writer reads those of a whole batch in one
+    /// statement before applying it.
+    fn point_reads(&self, _keys: &mut Vec<Bytes>) {}
 }
 
 /// Settings the requests read while applying.
@@ -60,6 +66,8 @@ trait Job: Send {
     /// Applies the request; `Err` is a database failure that aborts the
     /// batch (the request's own errors are kept as its outcome).
     fn apply<'a>(&'a mut self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, ()>;
+    /// See [`Write::point_reads`].
+    fn point_reads(&self, keys: &mut Vec<Bytes>);
     /// Forgets the outcome of a batch that did not commit.
     fn reset(&mut self);
     /// Sends the outcome, or `failure` when the batch failed.
@@ -84,6 +92,10 @@ impl<W: Write> Job for Pending<W> {
             }
             Ok(())
         })
+    }
+
+    fn point_reads(&self, keys: &mut Vec<Bytes>) {
+        self.req.point_reads(keys);
     }
 
     fn reset(&mut self) {
@@ -302,6 +314,13 @@ impl WriterTask {
         let meta = tx.lock_meta().await?;
         let start = meta.revision;
         let mut state = BatchState::new(meta, self.settings);
+        if jobs.len() > 1 {
+            let mut keys = Vec::new();
+            for job in jobs.iter() {
+                job.point_reads(&mut keys);
+            }
+            state.cache.prefetch(tx, keys).await?;
+        }
         for job in jobs.iter_mut() {
             job.apply(tx, &mut state).await?;
         }
@@ -320,7 +339,7 @@ impl WriterTask {
 mod tests {
     use super::*;
     use crate::mvcc::lease::Revoke;
-    use crate::mvcc::request::PutRequest;
+    use crate::mvcc::request::{Compare, CompareResult, CompareTarget, Op, PutRequest, TxnRequest};
     use crate::mvcc::{Store, test_store};
 
     /// A request whose database work fails: the batch it is in fails.
@@ -386,5 +405,62 @@ mod tests {
         assert_eq!(revisions, vec![2, 3, 4, 5, 6]);
         assert_eq!(store.meta().await.unwrap().revision, 6);
         assert_eq!(store.metrics.batch_size.get_sample_count(), 5);
+    }
+
+    /// kube-apiserver's create: Txn(mod_revision(key) == 0 → put).
+    fn create(key: &str, value: &str) -> TxnRequest {
+        TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal,
+                target: CompareTarget::Mod(0),
+                key: key.to_string().into(),
+                range_end: Bytes::new(),
+            }],
+            success: vec![Op::Put(PutRequest {
+                key: key.to_string().into(),
+                value: value.to_string().into(),
+                ..put(0)
+            })],
+            failure: vec![],
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn compares_in_one_batch_see_the_state_before_and_each_other() {
+        let store = test_store().await;
+        store.write(put(0)).await.unwrap(); // k0 exists before the batch
+        // All queued before the writer runs (one thread): one batch, whose
+        // keys are read in one statement before any request applies.
+        let mut tasks = Vec::new();
+        for (key, value) in [("k0", "a"), ("k1", "b"), ("k1", "c"), ("k2", "d")] {
+            let s = store.clone();
+            let req = create(key, value);
+            tasks.push(tokio::spawn(async move { s.write(req).await }));
+        }
+        let mut succeeded = Vec::new();
+        for t in tasks {
+            succeeded.push(t.await.unwrap().expect("txn").0.succeeded);
+        }
+        // k0 existed; the second create of k1 sees the first one.
+        assert_eq!(succeeded, vec![false, true, false, true]);
+        assert_eq!(store.metrics.batch_size.get_sample_count(), 2);
+        let mut tx = store.db.begin_read().await.unwrap();
+        let got = tx
+            .get_many(&["k0".into(), "k1".into(), "k2".into()])
+            .await
+            .unwrap();
+        let mut values: Vec<_> = got
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        values.sort();
+        assert_eq!(
+            values,
+            vec![
+                ("k0".into(), "v".into()),
+                ("k1".into(), "b".into()),
+                ("k2".into(), "d".into())
+            ]
+        );
     }
 }

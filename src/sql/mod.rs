@@ -29,6 +29,8 @@ use queries::{Many, Q, Queries};
 
 /// Rows at most per multi-row INSERT into the log.
 const LOG_CHUNK_ROWS: usize = 32;
+/// Most keys read by one `get_many` statement.
+const GET_MANY: usize = 64;
 /// Bytes at most per multi-row INSERT (below MySQL's max_allowed_packet).
 const LOG_CHUNK_BYTES: usize = 4 << 20;
 
@@ -426,6 +428,26 @@ impl DbTx {
     /// The live version of `key`, if any.
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<KeyValue>> {
         Ok(self.fetch(Q::KvGet, &[Arg::Bytes(key)]).await?.pop())
+    }
+
+    /// The current versions of `keys` (distinct), in one statement per
+    /// `GET_MANY` keys; absent keys are left out. Statement sizes are
+    /// rounded up to a power of two (the list padded with its first key)
+    /// so that few distinct statements are prepared.
+    pub async fn get_many(&mut self, keys: &[Bytes]) -> Result<Vec<KeyValue>> {
+        let mut found = Vec::new();
+        for chunk in keys.chunks(GET_MANY) {
+            let size = chunk.len().next_power_of_two();
+            let mut args: Vec<Arg<'_>> = chunk.iter().map(|k| Arg::Bytes(k)).collect();
+            args.resize(size, Arg::Bytes(&chunk[0]));
+            let sql = self.q.many(Many::KvGetMany, size);
+            found.extend(
+                self.inner
+                    .fetch::<KeyValue>(&sql, &args, &*self.dialect)
+                    .await?,
+            );
+        }
+        Ok(found)
     }
 
     /// Live keys in `range`, ascending, at most `limit` (`None` = all).

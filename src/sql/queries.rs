@@ -63,6 +63,7 @@ pub enum Many {
     LogInsert,
     KvUpsert,
     KvDelete,
+    KvGetMany,
 }
 
 impl Queries {
@@ -278,6 +279,10 @@ impl Queries {
                     }
                     Many::KvDelete => format!(
                         "DELETE FROM koine_kv WHERE k IN ({})",
+                        vec!["?"; rows].join(", ")
+                    ),
+                    Many::KvGetMany => format!(
+                        "SELECT {KV_FIELDS} FROM koine_kv WHERE k IN ({})",
                         vec!["?"; rows].join(", ")
                     ),
                 };
