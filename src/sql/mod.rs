@@ -440,7 +440,7 @@ impl DbTx {
             let size = chunk.len().next_power_of_two();
             let mut args: Vec<Arg<'_>> = chunk.iter().map(|k| Arg::Bytes(k)).collect();
             args.resize(size, Arg::Bytes(&chunk[0]));
-            let sql = self.q.many(Many::KvGetMany, size);
+            let sql = self.q.many(Many::KvGetIn, size);
             found.extend(
                 self.inner
                     .fetch::<KeyValue>(&sql, &args, &*self.dialect)

@@ -63,7 +63,7 @@ pub enum Many {
     LogInsert,
     KvUpsert,
     KvDelete,
-    KvGetMany,
+    KvGetIn,
 }
 
 impl Queries {
@@ -281,7 +281,7 @@ impl Queries {
                         "DELETE FROM koine_kv WHERE k IN ({})",
                         vec!["?"; rows].join(", ")
                     ),
-                    Many::KvGetMany => format!(
+                    Many::KvGetIn => format!(
                         "SELECT {KV_FIELDS} FROM koine_kv WHERE k IN ({})",
                         vec!["?"; rows].join(", ")
                     ),
