@@ -79,10 +79,12 @@ pub struct Config {
     #[arg(long, env = "KOINE_COMPACT_MIN_RETAIN", default_value_t = 1000)]
     pub compact_min_retain: i64,
 
-    /// How often other instances' writes are looked for (MySQL and SQLite;
-    /// PostgreSQL is woken by NOTIFY and polls only as a safety net).
-    #[arg(long, env = "KOINE_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
-    pub poll_interval: Duration,
+    /// How often other instances' writes are looked for [default: 25ms on
+    /// MySQL, where polling is the only way to see them; 100ms on
+    /// PostgreSQL, which is woken by NOTIFY and polls only as a safety net,
+    /// and on SQLite]
+    #[arg(long, env = "KOINE_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
 
     /// CA certificate for verifying the database server (TLS to the database;
     /// in passthrough mode, to etcd).

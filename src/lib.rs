@@ -64,7 +64,9 @@ pub async fn run(
         lease_check_interval: config.lease_check_interval,
         compact_interval: config.compact_interval,
         compact_min_retain: config.compact_min_retain,
-        poll_interval: config.poll_interval,
+        poll_interval: config
+            .poll_interval
+            .unwrap_or(db.dialect().sql().poll_interval),
     };
     let (store, engine) = mvcc::start(db.clone(), &settings, metrics.clone(), &cancel).await?;
     let cluster_id = store.cluster_id().await?;

@@ -74,6 +74,9 @@ pub struct DialectSql {
     /// Whether a read at the current revision may be one statement joining
     /// the meta row (no transaction). MySQL sorts that join's BLOBs through
     /// on-disk temporary tables; a snapshot transaction is faster there.
+    /// How often instances look for each other's commits unless
+    /// `--poll-interval` says otherwise.
+    pub poll_interval: std::time::Duration,
     pub joined_current_reads: bool,
 }
 

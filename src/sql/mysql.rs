@@ -39,6 +39,7 @@ pub const SQL: DialectSql = DialectSql {
     // The key column is VARBINARY(3000): InnoDB indexes at most 3072
     // bytes, and (k, revision) is an index.
     max_key_bytes: Some(3000),
+    poll_interval: std::time::Duration::from_millis(25),
     joined_current_reads: false,
 };
 

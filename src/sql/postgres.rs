@@ -33,6 +33,7 @@ pub const SQL: DialectSql = DialectSql {
     // A B-tree index row holds at most ~2700 bytes (a third of a page);
     // random keys do not compress, so 2048 leaves room for the revision.
     max_key_bytes: Some(2048),
+    poll_interval: std::time::Duration::from_millis(100),
     joined_current_reads: true,
 };
 

@@ -31,6 +31,7 @@ pub const SQL: DialectSql = DialectSql {
     notify: None,
     // Keys are BLOBs with no size limit of their own.
     max_key_bytes: None,
+    poll_interval: std::time::Duration::from_millis(100),
     joined_current_reads: true,
 };
 
