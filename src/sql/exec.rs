@@ -176,11 +176,17 @@ impl Pool {
     pub async fn begin(&self, begin: &'static str, d: &dyn Dialect) -> Result<TxInner> {
         let mut tries = 0;
         loop {
-            let mut conn = self.acquire(d).await?;
-            match conn.control(begin).await {
-                Ok(()) => return Ok(TxInner { conn, open: true }),
+            // Open from before BEGIN is sent: if this future is dropped
+            // (a request timeout) while BEGIN is in flight, the database
+            // may still run it, and the connection must not go back to
+            // the pool inside a transaction — dropping `tx` closes it.
+            let mut tx = TxInner {
+                conn: self.acquire(d).await?,
+                open: true,
+            };
+            match tx.conn.control(begin).await {
+                Ok(()) => return Ok(tx),
                 Err(e) => {
-                    conn.close_on_drop();
                     let e = d.error(e);
                     tries += 1;
                     if !(broken(&e) && tries < RETRIES) {
