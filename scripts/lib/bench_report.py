@@ -30,6 +30,15 @@ TARGETS = [
 ]
 
 
+def table(columns, cell):
+    """One row per (workload, clients) of ROWS; `columns` are (title, key)
+    pairs, and `cell(key, workload, clients)` fills a cell."""
+    print("| workload | clients | " + " | ".join(t for t, _ in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
+    for (w, c) in ROWS:
+        print("| %s | %d | %s |" % (w, c, " | ".join(cell(k, w, c) for _, k in columns)))
+
+
 def load(path):
     rows, text, dec, i = [], open(path).read(), json.JSONDecoder(), 0
     while i < len(text):
@@ -92,47 +101,34 @@ def main():
           " delete-if-unchanged, 15% get, 5% list; watch = 100 watchers, 100 puts/s, latency"
           " from sending the put to each watcher receiving it.\n")
 
-    print(f"## Throughput (ops/s; in brackets the ratio to {REF})\n")
-    print("| workload | clients | " + " | ".join(main_labels) + " |")
-    print("|---|---|" + "---|" * len(main_labels))
-    for (w, c) in ROWS:
-        cells = []
-        for l in main_labels:
-            r = by.get((l, w, c))
-            if (l, w) in failed or r is None:
-                cells.append("failed" if (l, w) in failed else "-")
-                continue
-            cell = "%.0f" % r["ops_per_sec"] if r["ops_per_sec"] >= 10 else "%.1f" % r["ops_per_sec"]
-            q = ratio(ops(l, w, c), ops(REF, w, c))
-            if l != REF and q is not None:
-                cell += " (%.2f)" % q
-            if r["errors"]:
-                cell += " (%d errors)" % r["errors"]
-            cells.append(cell)
-        print("| %s | %d | %s |" % (w, c, " | ".join(cells)))
+    def throughput(l, w, c):
+        r = by.get((l, w, c))
+        if (l, w) in failed or r is None:
+            return "failed" if (l, w) in failed else "-"
+        cell = "%.0f" % r["ops_per_sec"] if r["ops_per_sec"] >= 10 else "%.1f" % r["ops_per_sec"]
+        q = ratio(ops(l, w, c), ops(REF, w, c))
+        if l != REF and q is not None:
+            cell += " (%.2f)" % q
+        if r["errors"]:
+            cell += " (%d errors)" % r["errors"]
+        return cell
 
+    def against_kine(pair, w, c):
+        q = ratio(ops(pair[0], w, c), ops(pair[1], w, c))
+        return "%.1fx" % q if q is not None else "-"
+
+    def latency(l, w, c):
+        r = by.get((l, w, c))
+        return "%.1f / %.1f" % (r["p50_ms"], r["p99_ms"]) if r else "-"
+
+    print(f"## Throughput (ops/s; in brackets the ratio to {REF})\n")
+    table([(l, l) for l in main_labels], throughput)
     pairs = [(k, KINE_OF[k]) for k in KOINE if k in main_labels and KINE_OF[k] in main_labels]
     if pairs:
         print("\n## Koine against kine on the same database (ratio of ops/s)\n")
-        print("| workload | clients | " + " | ".join(f"{k} / {v}" for k, v in pairs) + " |")
-        print("|---|---|" + "---|" * len(pairs))
-        for (w, c) in ROWS:
-            cells = []
-            for k, v in pairs:
-                q = ratio(ops(k, w, c), ops(v, w, c))
-                cells.append("%.1fx" % q if q is not None else "-")
-            print("| %s | %d | %s |" % (w, c, " | ".join(cells)))
-
+        table([(f"{k} / {v}", (k, v)) for k, v in pairs], against_kine)
     print("\n## Latency p50 / p99 (ms)\n")
-    print("| workload | clients | " + " | ".join(main_labels) + " |")
-    print("|---|---|" + "---|" * len(main_labels))
-    for (w, c) in ROWS:
-        cells = []
-        for l in main_labels:
-            r = by.get((l, w, c))
-            cells.append("%.1f / %.1f" % (r["p50_ms"], r["p99_ms"]) if r else "-")
-        print("| %s | %d | %s |" % (w, c, " | ".join(cells)))
-
+    table([(l, l) for l in main_labels], latency)
     print("\n## Watch delivery latency (100 watchers, 100 puts/s)\n")
     print("| setup | events | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|")
