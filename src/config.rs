@@ -79,6 +79,12 @@ pub struct Config {
     #[arg(long, env = "KOINE_COMPACT_MIN_RETAIN", default_value_t = 1000)]
     pub compact_min_retain: i64,
 
+    /// Memory for the current state of recently used keys, which serves
+    /// single-key reads without a database round trip. Used only where
+    /// this process is the database's sole writer (SQLite); 0 turns it off.
+    #[arg(long, env = "KOINE_KEY_CACHE_BYTES", default_value_t = 64 << 20)]
+    pub key_cache_bytes: usize,
+
     /// How often other instances' writes are looked for [default: 25ms on
     /// MySQL, where polling is the only way to see them; 100ms on
     /// PostgreSQL, which is woken by NOTIFY and polls only as a safety net,

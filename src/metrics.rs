@@ -37,14 +37,21 @@ pub struct Metrics {
     /// `koine_watch_lag_revisions`: committed revisions the watch hub has
     /// not published yet (other instances' writes not yet followed).
     pub watch_lag: IntGauge,
+    /// `koine_key_cache_hits_total`: single-key reads answered from memory.
+    pub key_cache_hits: prometheus::IntCounter,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let labels = ["grpc_type", "grpc_service", "grpc_method"];
-        let counter = |name: &str, help: &str, labels: &[&str]| {
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+            registry.register(Box::new(c.clone())).expect("register");
+            c
+        };
+        let counter = |name: &str, help: &str| {
+            let c = prometheus::IntCounter::new(name, help).expect("metric");
             registry.register(Box::new(c.clone())).expect("register");
             c
         };
@@ -60,22 +67,22 @@ impl Metrics {
             h
         };
         let m = Metrics {
-            grpc_started: counter(
+            grpc_started: counter_vec(
                 "grpc_server_started_total",
                 "Total number of RPCs started on the server.",
                 &labels,
             ),
-            grpc_handled: counter(
+            grpc_handled: counter_vec(
                 "grpc_server_handled_total",
                 "Total number of RPCs completed on the server, regardless of success or failure.",
                 &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
             ),
-            grpc_received: counter(
+            grpc_received: counter_vec(
                 "grpc_server_msg_received_total",
                 "Total number of RPC stream messages received on the server.",
                 &labels,
             ),
-            grpc_sent: counter(
+            grpc_sent: counter_vec(
                 "grpc_server_msg_sent_total",
                 "Total number of gRPC stream messages sent by the server.",
                 &labels,
@@ -112,15 +119,14 @@ impl Metrics {
                 "koine_watch_lag_revisions",
                 "Committed revisions not yet published to this instance's watchers.",
             ),
-            watch_catchups: {
-                let c = prometheus::IntCounter::new(
-                    "koine_watch_catchup_total",
-                    "Watcher catch-ups served from the log rather than memory.",
-                )
-                .expect("metric");
-                registry.register(Box::new(c.clone())).expect("register");
-                c
-            },
+            watch_catchups: counter(
+                "koine_watch_catchup_total",
+                "Watcher catch-ups served from the log rather than memory.",
+            ),
+            key_cache_hits: counter(
+                "koine_key_cache_hits_total",
+                "Single-key reads answered from the in-memory key cache.",
+            ),
             registry,
         };
         #[cfg(target_os = "linux")]

@@ -75,6 +75,15 @@ impl KeyRange {
         matches!(&self.end, Some(end) if end <= &self.start)
     }
 
+    /// The key, when the interval holds exactly one (`end` is `start` + 0).
+    pub fn single(&self) -> Option<&Bytes> {
+        let end = self.end.as_ref()?;
+        (end.len() == self.start.len() + 1
+            && end.last() == Some(&0)
+            && end.starts_with(&self.start))
+        .then_some(&self.start)
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_ref() && self.end.as_ref().is_none_or(|end| key < end.as_ref())
     }

@@ -74,6 +74,11 @@ impl KvCache {
         Ok(())
     }
 
+    /// Records a key's state as it is in the table (`None`: absent).
+    pub fn know(&mut self, key: Bytes, kv: Option<KeyValue>) {
+        self.known.insert(key, kv);
+    }
+
     /// Records a key's new state (`None`: deleted), to be flushed.
     fn set(&mut self, key: &Bytes, kv: Option<KeyValue>) {
         self.known.insert(key.clone(), kv);

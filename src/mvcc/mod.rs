@@ -10,6 +10,7 @@
 //! expiry, background compaction) until the token is cancelled.
 
 mod apply;
+mod cache;
 mod compact;
 mod feed;
 mod hub;
@@ -38,6 +39,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::sql::{Db, LeaseRow, LoggedChange, Meta};
 use crate::types::{LeaseId, Revision};
+use cache::CurrentCache;
 use feed::Feed;
 use hub::Hub;
 use range::ReadPoint;
@@ -62,6 +64,9 @@ pub struct Settings {
     pub compact_min_retain: i64,
     /// How often other instances' writes are looked for.
     pub poll_interval: Duration,
+    /// Memory for current key states, where this process is the sole
+    /// writer (0: none).
+    pub key_cache_bytes: usize,
 }
 
 /// The engine's handle for the services; cheap to clone.
@@ -71,6 +76,8 @@ pub struct Store {
     writer: Writer,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    /// Current key states, when this process is the database's sole writer.
+    cache: Option<Arc<CurrentCache>>,
     /// Serialises physical compaction runs of this instance.
     compacting: Arc<tokio::sync::Mutex<()>>,
     request_timeout: Duration,
@@ -91,13 +98,7 @@ pub async fn start(
     cancel: &CancellationToken,
 ) -> Result<(Store, Engine)> {
     let meta = db.meta().await?;
-    let (store, feed, writer) = assemble(
-        db.clone(),
-        meta,
-        settings.request_timeout,
-        settings.min_lease_ttl,
-        metrics,
-    );
+    let (store, feed, writer) = assemble(db.clone(), meta, settings, metrics);
     let is_leader = Arc::new(AtomicBool::new(false));
     let tasks = vec![
         tokio::spawn(leader::leader_loop(
@@ -137,10 +138,11 @@ pub async fn start(
 fn assemble(
     db: Db,
     meta: Meta,
-    request_timeout: Duration,
-    min_lease_ttl: i64,
+    settings: &Settings,
     metrics: Arc<Metrics>,
 ) -> (Store, Arc<Feed>, JoinHandle<()>) {
+    let cache = (db.dialect().sql().sole_writer && settings.key_cache_bytes > 0)
+        .then(|| Arc::new(CurrentCache::new(settings.key_cache_bytes, meta.revision)));
     let hub = Arc::new(Hub::new(
         meta.revision,
         meta.compact_revision,
@@ -152,9 +154,10 @@ fn assemble(
         db.clone(),
         feed.clone(),
         WriteSettings {
-            min_lease_ttl,
+            min_lease_ttl: settings.min_lease_ttl,
             max_key_bytes: db.dialect().sql().max_key_bytes,
         },
+        cache.clone(),
         metrics.clone(),
     );
     let store = Store {
@@ -162,8 +165,9 @@ fn assemble(
         writer,
         hub,
         metrics,
+        cache,
         compacting: Default::default(),
-        request_timeout,
+        request_timeout: settings.request_timeout,
     };
     (store, feed, task)
 }
@@ -174,7 +178,16 @@ fn assemble(
 pub(crate) async fn test_store() -> Store {
     let db = crate::sql::sqlite::memory().await;
     let meta = db.meta().await.expect("meta");
-    let (store, _feed, _writer) = assemble(db, meta, Duration::from_secs(10), 2, Metrics::new());
+    let settings = Settings {
+        request_timeout: Duration::from_secs(10),
+        min_lease_ttl: 2,
+        lease_check_interval: Duration::from_secs(1),
+        compact_interval: Duration::ZERO,
+        compact_min_retain: 0,
+        poll_interval: Duration::from_secs(1),
+        key_cache_bytes: 1 << 20,
+    };
+    let (store, _feed, _writer) = assemble(db, meta, &settings, Metrics::new());
     store
 }
 
@@ -211,6 +224,14 @@ impl Store {
     pub async fn range(&self, req: &RangeRequest) -> Result<(RangeResult, Revision)> {
         self.bounded(async {
             let o = &req.options;
+            let single = (o.revision <= 0).then(|| req.range.single()).flatten();
+            if let (Some(cache), Some(key)) = (&self.cache, single)
+                && let Some((entry, revision)) = cache.get(key)
+            {
+                self.metrics.key_cache_hits.inc();
+                let kvs: Vec<_> = entry.into_iter().collect();
+                return Ok((range::whole(kvs, o), revision));
+            }
             // Fast path: a current read that needs no separate count is one
             // statement joining the meta row, where the database reads
             // that way fastest.
@@ -219,8 +240,10 @@ impl Store {
                 if let Some((meta, kvs)) = self.db.range_with_meta(&req.range, limit).await?
                     && limit.is_none_or(|n| (kvs.len() as i64) < n)
                 {
-                    let count = kvs.len() as i64;
-                    return Ok((range::finish(kvs, count, o), meta.revision));
+                    if let (Some(cache), Some(key)) = (&self.cache, single) {
+                        cache.fill(key.clone(), kvs.first().cloned(), meta.revision);
+                    }
+                    return Ok((range::whole(kvs, o), meta.revision));
                 }
             }
             let mut tx = self.db.begin_read().await?;

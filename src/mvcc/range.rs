@@ -78,6 +78,19 @@ pub fn fetch_limit(o: &RangeOptions) -> Option<i64> {
     (o.limit > 0 && !post_process).then(|| o.limit + 1)
 }
 
+/// The answer when `kvs` is everything in the range at the read revision.
+pub fn whole(kvs: Vec<KeyValue>, o: &RangeOptions) -> RangeResult {
+    let count = kvs.len() as i64;
+    if o.count_only {
+        return RangeResult {
+            kvs: Vec::new(),
+            more: false,
+            count,
+        };
+    }
+    finish(kvs, count, o)
+}
+
 /// Filters, sorts, truncates to the limit and strips values, as etcd's
 /// applier does after reading; `count` is the unfiltered total.
 pub fn finish(mut kvs: Vec<KeyValue>, count: i64, o: &RangeOptions) -> RangeResult {

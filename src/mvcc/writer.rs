@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::mvcc::apply::BatchState;
+use crate::mvcc::cache::CurrentCache;
 use crate::mvcc::feed::Feed;
 use crate::sql::{Db, DbTx};
 use crate::types::Revision;
@@ -155,6 +156,7 @@ impl Writer {
         db: Db,
         feed: Arc<Feed>,
         settings: WriteSettings,
+        cache: Option<Arc<CurrentCache>>,
         metrics: Arc<Metrics>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(4096);
@@ -163,6 +165,7 @@ impl Writer {
             db,
             feed,
             settings,
+            cache,
             metrics,
             health: health.clone(),
         };
@@ -200,6 +203,8 @@ struct WriterTask {
     metrics: Arc<Metrics>,
     feed: Arc<Feed>,
     settings: WriteSettings,
+    /// Current key states this writer keeps up to date (sole writer only).
+    cache: Option<Arc<CurrentCache>>,
     health: Arc<Health>,
 }
 
@@ -242,6 +247,9 @@ impl WriterTask {
     /// tell whether it took effect.
     async fn commit(&self, jobs: &mut [Box<dyn Job>]) -> Result<()> {
         let result = self.try_commit(jobs).await;
+        if let (Some(cache), Err(Error::OutcomeUnknown(_))) = (&self.cache, &result) {
+            cache.forget();
+        }
         self.health
             .set(result.as_ref().err().map(|e| e.to_string()));
         result
@@ -269,6 +277,9 @@ impl WriterTask {
                     .txn_seconds
                     .observe(began.elapsed().as_secs_f64());
                 self.metrics.batch_size.observe(jobs.len() as f64);
+                if let Some(cache) = &self.cache {
+                    cache.committed(&state.events, state.revision);
+                }
                 self.feed.hub.compacted(state.compact);
                 self.feed.publish_local(state.events).await;
                 Ok(())
@@ -314,12 +325,23 @@ impl WriterTask {
         let meta = tx.lock_meta().await?;
         let start = meta.revision;
         let mut state = BatchState::new(meta, self.settings);
-        if jobs.len() > 1 {
+        if jobs.len() > 1 || self.cache.is_some() {
             let mut keys = Vec::new();
             for job in jobs.iter() {
                 job.point_reads(&mut keys);
             }
-            state.cache.prefetch(tx, keys).await?;
+            if let Some(cache) = &self.cache {
+                keys.retain(|k| match cache.get_at(k, start) {
+                    Some(entry) => {
+                        state.cache.know(k.clone(), entry);
+                        false
+                    }
+                    None => true,
+                });
+            }
+            if jobs.len() > 1 {
+                state.cache.prefetch(tx, keys).await?;
+            }
         }
         for job in jobs.iter_mut() {
             job.apply(tx, &mut state).await?;

@@ -71,13 +71,16 @@ pub struct DialectSql {
     /// The longest key the database can store and index; longer keys are
     /// refused with a clear error (`None`: any key a request can carry).
     pub max_key_bytes: Option<usize>,
-    /// Whether a read at the current revision may be one statement joining
-    /// the meta row (no transaction). MySQL sorts that join's BLOBs through
-    /// on-disk temporary tables; a snapshot transaction is faster there.
     /// How often instances look for each other's commits unless
     /// `--poll-interval` says otherwise.
     pub poll_interval: std::time::Duration,
+    /// Whether a read at the current revision may be one statement joining
+    /// the meta row (no transaction). MySQL sorts that join's BLOBs through
+    /// on-disk temporary tables; a snapshot transaction is faster there.
     pub joined_current_reads: bool,
+    /// Only this process writes the database (the SQLite file is locked to
+    /// it), so the engine may keep current state in memory.
+    pub sole_writer: bool,
 }
 
 /// The upsert tail of the databases that speak `ON CONFLICT` (SQLite,

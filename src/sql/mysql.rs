@@ -41,6 +41,7 @@ pub const SQL: DialectSql = DialectSql {
     max_key_bytes: Some(3000),
     poll_interval: std::time::Duration::from_millis(25),
     joined_current_reads: false,
+    sole_writer: false,
 };
 
 /// GET_LOCK names are server-wide: the database's name keeps two Koine

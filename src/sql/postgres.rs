@@ -35,6 +35,7 @@ pub const SQL: DialectSql = DialectSql {
     max_key_bytes: Some(2048),
     poll_interval: std::time::Duration::from_millis(100),
     joined_current_reads: true,
+    sole_writer: false,
 };
 
 /// The advisory lock held by the leader (any constant shared by every

@@ -1,8 +1,9 @@
 //! SQLite: the embedded default. One writer connection (`BEGIN IMMEDIATE`,
 //! WAL, `synchronous=FULL` so an acknowledged write survives power loss) and a
 //! small pool of readers that see committed snapshots. One process owns the
-//! file, so it is always the leader and nobody else writes: no row locks,
-//! no notifications.
+//! file (it holds an exclusive lock on `<file>.lock` while it runs), so it is
+//! always the leader and nobody else writes: no row locks, no
+//! notifications, and the engine may keep current state in memory.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -33,12 +34,15 @@ pub const SQL: DialectSql = DialectSql {
     max_key_bytes: None,
     poll_interval: std::time::Duration::from_millis(100),
     joined_current_reads: true,
+    sole_writer: true,
 };
 
 #[derive(Default)]
 struct Sqlite {
     /// Set once SQLite reports the file corrupt.
     corrupt: std::sync::atomic::AtomicBool,
+    /// The lock file this process holds while it owns the database.
+    _owner: Option<std::fs::File>,
 }
 
 /// SQLite's result codes (the primary code of an extended one is its low
@@ -141,6 +145,7 @@ pub async fn connect(cfg: &SqliteConfig) -> anyhow::Result<Db> {
     if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
+    let owner = lock_owner(&cfg.path)?;
     let opts = SqliteConnectOptions::new()
         .filename(&cfg.path)
         .create_if_missing(true)
@@ -169,10 +174,34 @@ pub async fn connect(cfg: &SqliteConfig) -> anyhow::Result<Db> {
         .await?;
     tracing::info!(path = %cfg.path.display(), "opened SQLite database");
     Ok(Db::new(
-        Arc::new(Sqlite::default()),
+        Arc::new(Sqlite {
+            _owner: Some(owner),
+            ..Sqlite::default()
+        }),
         Pool::Sqlite(read),
         Pool::Sqlite(write),
     ))
+}
+
+/// Takes the exclusive lock that makes this process the database's only
+/// user (released by the kernel when the process ends, however it ends).
+fn lock_owner(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "the SQLite database {} is in use by another Koine process (it holds {})",
+            path.display(),
+            std::path::Path::new(&name).display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
 }
 
 /// A private in-memory database with Koine's schema, for the engine's unit
@@ -226,5 +255,22 @@ mod tests {
         let c = SqliteConfig::parse("/tmp/x.db").unwrap();
         assert_eq!(c.path, PathBuf::from("/tmp/x.db"));
         assert!(SqliteConfig::parse("sqlite://?_journal_mode=WAL").is_err());
+    }
+
+    #[tokio::test]
+    async fn one_process_at_a_time_owns_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SqliteConfig::parse(&dir.path().join("state.db").to_string_lossy()).unwrap();
+        let first = connect(&cfg).await.expect("first owner");
+        let refused = connect(&cfg).await.err().expect("second owner refused");
+        assert!(
+            refused
+                .to_string()
+                .contains("in use by another Koine process")
+        );
+        drop(first);
+        connect(&cfg)
+            .await
+            .expect("free again once the owner is gone");
     }
 }

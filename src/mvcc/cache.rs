@@ -1,0 +1,222 @@
+//! The current state of recently used keys, in memory, for a database that
+//! only this process writes (SQLite: the file is locked to one process).
+//!
+//! A single-key Range at the current revision is answered from here without
+//! a database round trip, and the writer reads the keys its requests compare
+//! from here. That is linearizable because every change to the current
+//! state is made by this process's writer, which applies it here after the
+//! COMMIT and before it answers anyone: an entry describes its key at the
+//! cache's `revision`, and a read that finds it observes every write
+//! acknowledged before the read began.
+//!
+//! Entries read from the database are added only when they were read at the
+//! cache's revision (the read's snapshot revision comes from the same
+//! statement), so a read that raced a commit never installs a stale value.
+//! After a COMMIT whose outcome is unknown the cache forgets everything and
+//! serves nothing until the writer's next commit tells it the revision
+//! again.
+//!
+//! The size is bounded by two generations: entries go into the young one;
+//! when it holds half the budget it becomes the old one, and the previous
+//! old one is dropped. A hit in the old generation moves the entry back.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use crate::types::{Event, EventKind, KeyValue, Revision};
+
+/// Bytes an entry costs beyond its key and value (map slot, `KeyValue`).
+const ENTRY_OVERHEAD: usize = 120;
+
+/// A key's state at the cache's revision: `None` when it does not exist.
+type Entry = Option<KeyValue>;
+
+pub struct CurrentCache {
+    inner: Mutex<Inner>,
+    /// Bytes per generation.
+    generation_bytes: usize,
+}
+
+struct Inner {
+    /// The revision every entry describes; `None` while unknown (after a
+    /// commit with an unknown outcome), when nothing is served or added.
+    revision: Option<Revision>,
+    young: HashMap<Bytes, Entry>,
+    young_bytes: usize,
+    old: HashMap<Bytes, Entry>,
+}
+
+fn cost(key: &Bytes, entry: &Entry) -> usize {
+    key.len() + entry.as_ref().map_or(0, |kv| kv.value.len()) + ENTRY_OVERHEAD
+}
+
+impl Inner {
+    fn insert(&mut self, key: Bytes, entry: Entry, generation_bytes: usize) {
+        let cost = cost(&key, &entry);
+        if self.young_bytes + cost > generation_bytes && !self.young.is_empty() {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+        self.young_bytes += cost;
+        self.young.insert(key, entry);
+    }
+
+    fn get(&mut self, key: &[u8], generation_bytes: usize) -> Option<Entry> {
+        if let Some(e) = self.young.get(key) {
+            return Some(e.clone());
+        }
+        let (k, e) = self.old.remove_entry(key)?;
+        self.insert(k, e.clone(), generation_bytes);
+        Some(e)
+    }
+}
+
+impl CurrentCache {
+    /// An empty cache of at most about `bytes`, describing `revision`.
+    pub fn new(bytes: usize, revision: Revision) -> CurrentCache {
+        CurrentCache {
+            inner: Mutex::new(Inner {
+                revision: Some(revision),
+                young: HashMap::new(),
+                young_bytes: 0,
+                old: HashMap::new(),
+            }),
+            generation_bytes: bytes / 2,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The state stays consistent even if a holder panicked: every
+        // mutation is a single map operation.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key's current state and the revision it is current at, if known.
+    pub fn get(&self, key: &[u8]) -> Option<(Entry, Revision)> {
+        let mut inner = self.lock();
+        let revision = inner.revision?;
+        let entry = inner.get(key, self.generation_bytes)?;
+        Some((entry, revision))
+    }
+
+    /// The key's state if known and the cache describes `revision`.
+    pub fn get_at(&self, key: &[u8], revision: Revision) -> Option<Entry> {
+        match self.get(key) {
+            Some((entry, at)) if at == revision => Some(entry),
+            _ => None,
+        }
+    }
+
+    /// Adds a key's state as read from the database at revision `read_at`,
+    /// unless the cache has moved past it (or does not know where it is).
+    pub fn fill(&self, key: Bytes, entry: Entry, read_at: Revision) {
+        let mut inner = self.lock();
+        if inner.revision == Some(read_at) {
+            inner.insert(key, entry, self.generation_bytes);
+        }
+    }
+
+    /// Applies a committed batch: its events, and the store revision after
+    /// it. Called by the writer before it answers the batch's requests.
+    pub fn committed(&self, events: &[(Revision, Vec<Event>)], revision: Revision) {
+        let mut inner = self.lock();
+        for event in events.iter().flat_map(|(_, evs)| evs) {
+            let entry = match event.kind {
+                EventKind::Put => Some(event.kv.clone()),
+                EventKind::Delete => None,
+            };
+            inner.insert(event.kv.key.clone(), entry, self.generation_bytes);
+        }
+        inner.revision = Some(revision);
+    }
+
+    /// Forgets everything: the database may hold changes the cache has not
+    /// seen (a COMMIT whose outcome is unknown). The next [`committed`]
+    /// starts it again.
+    ///
+    /// [`committed`]: CurrentCache::committed
+    pub fn forget(&self) {
+        let mut inner = self.lock();
+        inner.revision = None;
+        inner.young.clear();
+        inner.old.clear();
+        inner.young_bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &str, rev: Revision) -> KeyValue {
+        KeyValue {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+            lease: 0,
+        }
+    }
+
+    fn put(key: &str, value: &str, rev: Revision) -> (Revision, Vec<Event>) {
+        let kv = kv(key, value, rev);
+        (
+            rev,
+            vec![Event {
+                kind: EventKind::Put,
+                kv,
+                prev_kv: None,
+            }],
+        )
+    }
+
+    #[test]
+    fn a_read_that_raced_a_commit_is_not_installed() {
+        let c = CurrentCache::new(1 << 20, 5);
+        // Read at 5, but the writer commits revision 6 first.
+        c.committed(&[put("a", "new", 6)], 6);
+        c.fill(Bytes::from_static(b"a"), Some(kv("a", "old", 3)), 5);
+        let (entry, at) = c.get(b"a").expect("cached");
+        assert_eq!(at, 6);
+        assert_eq!(entry.unwrap().value, Bytes::from_static(b"new"));
+        // A read at the cache's revision is installed, absence included.
+        c.fill(Bytes::from_static(b"b"), None, 6);
+        assert_eq!(c.get(b"b"), Some((None, 6)));
+        assert_eq!(c.get_at(b"b", 5), None);
+    }
+
+    #[test]
+    fn after_an_unknown_outcome_nothing_is_served_until_the_next_commit() {
+        let c = CurrentCache::new(1 << 20, 1);
+        c.committed(&[put("a", "v", 2)], 2);
+        c.forget();
+        assert_eq!(c.get(b"a"), None);
+        c.fill(Bytes::from_static(b"a"), None, 2);
+        assert_eq!(c.get(b"a"), None);
+        c.committed(&[put("b", "v", 4)], 4);
+        assert_eq!(c.get(b"a"), None, "not relearned from a stale read");
+        assert!(c.get(b"b").is_some());
+    }
+
+    #[test]
+    fn memory_stays_within_two_generations() {
+        let c = CurrentCache::new(64 << 10, 1);
+        for i in 0..10_000 {
+            c.fill(Bytes::from(format!("key-{i}")), None, 1);
+        }
+        let inner = c.lock();
+        let held: usize = inner
+            .young
+            .iter()
+            .chain(inner.old.iter())
+            .map(|(k, e)| cost(k, e))
+            .sum();
+        assert!(held <= 64 << 10, "{held} bytes held");
+        // The most recent entries are still there.
+        drop(inner);
+        assert!(c.get(b"key-9999").is_some());
+    }
+}
