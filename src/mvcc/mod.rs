@@ -232,18 +232,31 @@ impl Store {
                 let kvs: Vec<_> = entry.into_iter().collect();
                 return Ok((range::whole(kvs, o), revision));
             }
-            // Fast path: a current read that needs no separate count is one
-            // statement joining the meta row, where the database reads
-            // that way fastest.
+            // Fast path: a current read is one statement joining the meta
+            // row, where the database reads that way fastest.
             if o.revision <= 0 && !o.count_only {
                 let limit = range::fetch_limit(o);
-                if let Some((meta, kvs)) = self.db.range_with_meta(&req.range, limit).await?
-                    && limit.is_none_or(|n| (kvs.len() as i64) < n)
-                {
-                    if let (Some(cache), Some(key)) = (&self.cache, single) {
-                        cache.fill(key.clone(), kvs.first().cloned(), meta.revision);
+                if let Some((meta, kvs)) = self.db.range_with_meta(&req.range, limit).await? {
+                    if limit.is_none_or(|n| (kvs.len() as i64) < n) {
+                        if let (Some(cache), Some(key)) = (&self.cache, single) {
+                            cache.fill(key.clone(), kvs.first().cloned(), meta.revision);
+                        }
+                        return Ok((range::whole(kvs, o), meta.revision));
                     }
-                    return Ok((range::whole(kvs, o), meta.revision));
+                    // More rows than the limit: the answer needs the count
+                    // of the whole range at the same revision, which a
+                    // snapshot still at that revision gives.
+                    let mut tx = self.db.begin_read().await?;
+                    let now = tx.read_meta().await?;
+                    let count = if now.revision == meta.revision {
+                        Some(tx.count_current(&req.range).await?)
+                    } else {
+                        None
+                    };
+                    tx.commit().await?;
+                    if let Some(count) = count {
+                        return Ok((range::finish(kvs, count, o), meta.revision));
+                    }
                 }
             }
             let mut tx = self.db.begin_read().await?;
