@@ -3,6 +3,17 @@
 # `koine bench` (every answer verified), and writes docs/benchmarks.md.
 #
 #   scripts/bench.sh [--duration 5s] [--targets LIST] [--out FILE]
+#   scripts/bench.sh --scale 10000,100000,1000000 [--targets LIST]
+#
+# --scale: how costs grow with the data set instead. For each target (default
+# etcd-3.7, koine-sqlite, koine-postgres, koine-mariadb) and each size N, a
+# fresh server is loaded with N keys of 256 bytes, each written H times (a
+# history of N*H revisions, H = 10 capped at 2M revisions), then measured:
+# the load itself (puts/s), get and create at 16 clients, a paginated list
+# of one 1,000-key namespace at 16 clients, physical compaction of the whole
+# history (revisions/s), 1,000 watchers on the loaded server, and RSS. Writes
+# docs/scale.md and docs/scale.png (matplotlib, installed into a venv under
+# target/ from PyPI on first use).
 #
 # Targets (default: all), each started alone on fresh data, measured, and
 # stopped before the next:
@@ -15,6 +26,12 @@
 #   koine-postgres-x2, koine-mariadb-x2, kine-postgres-x2, kine-mariadb-x2
 #                       watch only: watchers on one instance, puts through a
 #                       second instance on the same database
+#   k8s-etcd, k8s-sqlite, k8s-postgres, k8s-mysql, k8s-kine-sqlite,
+#   k8s-kine-postgres, k8s-kine-mysql
+#                       a real kube-apiserver (+ controller-manager) on that
+#                       storage: 10,000 ConfigMaps created by 32 client-go
+#                       clients, then listed (conformance/cmd/e2e, check
+#                       bench-configmaps)
 # PostgreSQL and MariaDB are throwaway servers (scripts/lib/dbs.sh) offering
 # TLS; nothing else runs during the measurements.
 set -euo pipefail
@@ -23,21 +40,39 @@ source scripts/lib/dbs.sh
 source scripts/lib/conformance.sh
 
 DUR=5s
-TARGETS="etcd-3.7 etcd-3.4 koine-sqlite koine-postgres koine-postgres-tls koine-mariadb koine-mariadb-tls kine-sqlite kine-postgres kine-mariadb koine-postgres-x2 koine-mariadb-x2 kine-postgres-x2 kine-mariadb-x2"
+TARGETS="etcd-3.7 etcd-3.4 koine-sqlite koine-postgres koine-postgres-tls koine-mariadb koine-mariadb-tls kine-sqlite kine-postgres kine-mariadb koine-postgres-x2 koine-mariadb-x2 kine-postgres-x2 kine-mariadb-x2 k8s-etcd k8s-sqlite k8s-postgres k8s-mysql k8s-kine-sqlite k8s-kine-postgres k8s-kine-mysql"
 DOC=docs/benchmarks.md
+SCALE=
+TARGETS_GIVEN=
 while [ $# -gt 0 ]; do
     case $1 in
         --duration) DUR=$2; shift 2 ;;
-        --targets) TARGETS=${2//,/ }; shift 2 ;;
+        --targets) TARGETS=${2//,/ }; TARGETS_GIVEN=1; shift 2 ;;
         --out) DOC=$2; shift 2 ;;
-        *) echo "usage: $0 [--duration 5s] [--targets a,b] [--out FILE]" >&2; exit 2 ;;
+        --scale) SCALE=${2//,/ }; shift 2 ;;
+        *) echo "usage: $0 [--duration 5s] [--targets a,b] [--out FILE] [--scale N,N]" >&2; exit 2 ;;
     esac
 done
+if [ -n "$SCALE" ]; then
+    [ -n "$TARGETS_GIVEN" ] || TARGETS="etcd-3.7 koine-sqlite koine-postgres koine-mariadb"
+    [ "$DOC" != docs/benchmarks.md ] || DOC=docs/scale.md
+    PLOTENV=$ROOT/target/plotenv
+    if ! "$PLOTENV/bin/python" -c "import matplotlib" 2>/dev/null; then
+        log "installing matplotlib into $PLOTENV (PyPI)"
+        python3 -m venv "$PLOTENV"
+        "$PLOTENV/bin/pip" install --quiet matplotlib
+    fi
+fi
 
 log "building koine (release), etcd and kine"
 cargo build --release --bin koine
 KOINE=$ROOT/target/release/koine
 (cd "$MOD" && go build -o "$OUT/bin/" ./cmd/etcd github.com/k3s-io/kine)
+if [[ " $TARGETS " == *" k8s-"* ]]; then
+    log "building kube-apiserver, kube-controller-manager, kubectl and the e2e driver"
+    (cd "$MOD" && go build -o "$OUT/bin/" ./cmd/e2e k8s.io/kubernetes/cmd/kube-apiserver \
+        k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
+fi
 ETCD37=$OUT/bin/etcd
 KINE=$OUT/bin/kine
 
@@ -124,6 +159,39 @@ bench() {
         echo "{\"label\":\"$label\",\"workload\":\"$wl\",\"failed\":true}" >>"$RESULTS"
 }
 
+# scale TARGET: the --scale measurements of one target, a fresh server per
+# size.
+scale() {
+    local t=$1 keys history port
+    for keys in $SCALE; do
+        history=$((2000000 / keys))
+        history=$((history > 10 ? 10 : history < 1 ? 1 : history))
+        port=$(free_port)
+        log "$t, $keys keys x $history"
+        case $t in
+            etcd-*) start "$t" "$port" ;;
+            *) start "${t%%-*}" "$port" "$(endpoint "$t")" ;;
+        esac
+        local args=(--keys "$keys" --history "$history" --value-size 256 --list-keys 1000)
+        bench "$t@$keys" "$port" load 1 "${args[@]}"
+        bench "$t@$keys" "$port" get 16 "${args[@]}"
+        bench "$t@$keys" "$port" create 16 "${args[@]}"
+        bench "$t@$keys" "$port" list 16 "${args[@]}"
+        bench "$t@$keys" "$port" compact 1 "${args[@]}"
+        bench "$t@$keys" "$port" watch 1 "${args[@]}" --watchers 1000 --watch-rate 20
+        echo "{\"label\":\"$t@$keys\",\"workload\":\"rss\",\"after_mib\":$(rss "${SERVERS[0]}")}" >>"$RESULTS"
+        stop_servers
+    done
+}
+
+if [ -n "$SCALE" ]; then
+    for t in $TARGETS; do scale "$t"; done
+    cp "$RESULTS" "$OUT/results/scale.jsonl"
+    "$PLOTENV/bin/python" scripts/lib/scale_report.py "$RESULTS" "$DUR" "${DOC%.md}.png" >"$DOC"
+    log "wrote $DOC and ${DOC%.md}.png (raw results: $OUT/results/scale.jsonl)"
+    exit 0
+fi
+
 for t in $TARGETS; do
     port=$(free_port)
     case $t in
@@ -131,6 +199,25 @@ for t in $TARGETS; do
     esac
     log "$t"
     case $t in
+        k8s-*)
+            backend=${t#k8s-}
+            dsn=
+            case $backend in
+                *postgres) dsn="$PG_BASE/x?sslmode=disable" ;;
+                *mysql) dsn="$MY_BASE/x" ;;
+            esac
+            "$OUT/bin/e2e" -backend "$backend" ${dsn:+-dsn "$dsn"} -koine-bin "$KOINE" \
+                -bin-dir "$OUT/bin" -checks bench-configmaps -report "$WORK/$t.json" \
+                >>"$WORK/bench.err" 2>&1 || true
+            python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+c = next((c for c in r["checks"] if c["name"] == "bench-configmaps"), None)
+ok = c is not None and c["status"] == "pass"
+print(json.dumps(dict(label=sys.argv[2], workload="k8s", failed=not ok, **((c or {}).get("details") or {}))))' \
+                "$WORK/$t.json" "$t" >>"$RESULTS" ||
+                echo "{\"label\":\"$t\",\"workload\":\"k8s\",\"failed\":true}" >>"$RESULTS"
+            continue
+            ;;
         *-x2)
             kind=${t%%-*}
             ep=$(endpoint "${t%-x2}")

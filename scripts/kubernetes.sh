@@ -16,7 +16,9 @@
 #                                               default: all of them
 #   scripts/kubernetes.sh e2e --backend B [--instances 3] [-checks a,b]
 #                                               a real control plane on backend
-#                                               B (sqlite|postgres|mysql|etcd),
+#                                               B (sqlite|postgres|mysql|etcd,
+#                                               or kine-sqlite|kine-postgres|
+#                                               kine-mysql for measurements),
 #                                               driven by kubectl and client-go;
 #                                               --instances 3 puts three Koine
 #                                               on one database (postgres,
@@ -116,9 +118,9 @@ build_storage() {
 
 build_bins() {
     mkdir -p "$OUT/bin"
-    log "building etcd, kube-apiserver, kube-controller-manager, kubectl, e2e"
+    log "building etcd, kine, kube-apiserver, kube-controller-manager, kubectl, e2e"
     (cd "$MOD" && go build -o "$OUT/bin/" \
-        ./cmd/etcd ./cmd/e2e \
+        ./cmd/etcd ./cmd/e2e github.com/k3s-io/kine \
         k8s.io/kubernetes/cmd/kube-apiserver \
         k8s.io/kubernetes/cmd/kube-controller-manager \
         k8s.io/kubernetes/cmd/kubectl)
@@ -172,10 +174,10 @@ run_e2e() {
         esac
     done
     case $backend in
-        sqlite | etcd) ;;
-        postgres) pg_start dsn ;;
-        mysql) maria_start dsn ;;
-        *) echo "e2e: --backend sqlite|postgres|mysql|etcd" >&2; return 2 ;;
+        sqlite | etcd | kine-sqlite) ;;
+        postgres | kine-postgres) pg_start dsn ;;
+        mysql | kine-mysql) maria_start dsn ;;
+        *) echo "e2e: --backend sqlite|postgres|mysql|etcd|kine-sqlite|kine-postgres|kine-mysql" >&2; return 2 ;;
     esac
     mkdir -p "$OUT/results"
     local suffix=$backend

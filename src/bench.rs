@@ -45,6 +45,12 @@ pub enum Workload {
     Mixed,
     /// Watch latency: N watchers, puts at a fixed rate.
     Watch,
+    /// Loading the key set (`--keys` x `--history` puts in Txns of 64), in
+    /// puts/s; measured once.
+    Load,
+    /// Compact(current revision, physical) over the loaded history, in
+    /// revisions removed per second; measured once.
+    Compact,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -73,6 +79,14 @@ pub struct BenchArgs {
     /// Keys pre-loaded for update/get/list/count/mixed.
     #[arg(long, default_value_t = 10_000)]
     pub keys: usize,
+    /// Times the pre-load writes every key (a history of keys x history
+    /// revisions); servers refusing multi-put Txns get one.
+    #[arg(long, default_value_t = 1)]
+    pub history: usize,
+    /// The list workload lists the first N keys only, as one namespace of
+    /// a large cluster (0: the whole key set).
+    #[arg(long, default_value_t = 0)]
+    pub list_keys: usize,
     /// Watchers for the watch workload.
     #[arg(long, default_value_t = 100)]
     pub watchers: usize,
@@ -143,11 +157,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         // client levels: one measurement.
         let levels: &[usize] = match workload {
             Workload::Watch => &[args.watchers],
+            Workload::Load | Workload::Compact => &[1],
             _ => &args.clients,
         };
         for &clients in levels {
             let r = match workload {
                 Workload::Watch => watch_latency(&args, channel.clone()).await?,
+                Workload::Load | Workload::Compact => {
+                    once(&args, channel.clone(), workload).await?
+                }
                 _ => load(&args, channel.clone(), workload, clients).await?,
             };
             if !args.json {
@@ -194,8 +212,50 @@ fn print_table(results: &[BenchResult]) {
     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
 }
 
-/// Puts the pre-loaded key set (in parallel txns of 64 puts).
-async fn preload(kv: &KvClient<Channel>, keys: usize, size: usize) -> anyhow::Result<()> {
+/// The load and compact workloads: one timed operation over the whole key
+/// set, reported as puts (revisions) per second.
+async fn once(
+    args: &BenchArgs,
+    channel: Channel,
+    workload: Workload,
+) -> anyhow::Result<BenchResult> {
+    let mut kv = KvClient::new(channel).max_decoding_message_size(64 << 20);
+    let began = Instant::now();
+    let ops = if workload == Workload::Load {
+        preload(&kv, args.keys, args.value_size, args.history).await?
+    } else {
+        let current = kv
+            .range(pb::RangeRequest {
+                key: Bytes::from(KEYS),
+                count_only: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .header
+            .map_or(0, |h| h.revision);
+        kv.compact(pb::CompactionRequest {
+            revision: current,
+            physical: true,
+        })
+        .await?;
+        current as u64
+    };
+    let took = began.elapsed();
+    let mut r = summarize(&args.label, workload, 1, vec![took], 0, took.as_secs_f64());
+    r.ops = ops;
+    r.ops_per_sec = ops as f64 / took.as_secs_f64();
+    Ok(r)
+}
+
+/// Puts the pre-loaded key set (in parallel txns of 64 puts), `history`
+/// times; answers the puts made.
+async fn preload(
+    kv: &KvClient<Channel>,
+    keys: usize,
+    size: usize,
+    history: usize,
+) -> anyhow::Result<u64> {
     let existing = kv
         .clone()
         .range(pb::RangeRequest {
@@ -208,7 +268,7 @@ async fn preload(kv: &KvClient<Channel>, keys: usize, size: usize) -> anyhow::Re
         .into_inner()
         .count;
     if existing as usize >= keys {
-        return Ok(());
+        return Ok(0);
     }
     let chunks: Vec<Vec<usize>> = (0..keys)
         .collect::<Vec<_>>()
@@ -222,19 +282,23 @@ async fn preload(kv: &KvClient<Channel>, keys: usize, size: usize) -> anyhow::Re
     if !single {
         probe?;
     }
+    let rounds = if single { 1 } else { history.max(1) };
     let mut tasks = tokio::task::JoinSet::new();
-    for chunk in chunks {
-        if single {
-            for i in chunk {
-                tasks.spawn(put_txn(kv.clone(), vec![i], size, true));
-                drain(&mut tasks, 64).await?;
+    for _ in 0..rounds {
+        for chunk in &chunks {
+            if single {
+                for &i in chunk {
+                    tasks.spawn(put_txn(kv.clone(), vec![i], size, true));
+                    drain(&mut tasks, 64).await?;
+                }
+            } else {
+                tasks.spawn(put_txn(kv.clone(), chunk.clone(), size, false));
+                drain(&mut tasks, 16).await?;
             }
-        } else {
-            tasks.spawn(put_txn(kv.clone(), chunk, size, false));
-            drain(&mut tasks, 16).await?;
         }
     }
-    drain(&mut tasks, 0).await
+    drain(&mut tasks, 0).await?;
+    Ok((keys * rounds) as u64)
 }
 
 /// Waits until at most `left` preload tasks run, failing on an error.
@@ -281,8 +345,12 @@ async fn load(
 ) -> anyhow::Result<BenchResult> {
     let kv = KvClient::new(channel.clone()).max_decoding_message_size(64 << 20);
     if workload != Workload::Create && workload != Workload::Put && workload != Workload::Lease {
-        preload(&kv, args.keys, args.value_size).await?;
+        preload(&kv, args.keys, args.value_size, args.history).await?;
     }
+    let list_end = match args.list_keys {
+        n if n > 0 && n < args.keys => key(n),
+        _ => Bytes::from(KEYS_END),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -293,6 +361,7 @@ async fn load(
             kv: kv.clone(),
             lease: LeaseClient::new(channel.clone()),
             keys: args.keys,
+            list_end: list_end.clone(),
             size: args.value_size,
             seq: 0,
             name: format!("{PREFIX}new/{run_id}/{c}/"),
@@ -387,6 +456,8 @@ struct Client {
     kv: KvClient<Channel>,
     lease: LeaseClient<Channel>,
     keys: usize,
+    /// Where the list workload's range ends.
+    list_end: Bytes,
     size: usize,
     seq: u64,
     name: String,
@@ -467,7 +538,7 @@ impl Client {
                     _ => self.list().await?,
                 }
             }
-            Workload::Watch => unreachable_watch()?,
+            Workload::Watch | Workload::Load | Workload::Compact => measured_once()?,
         }
         Ok(())
     }
@@ -552,7 +623,7 @@ impl Client {
     /// A full paginated list, as the apiserver does: limit 500, the first
     /// page's revision pinned for the rest.
     async fn list(&mut self) -> anyhow::Result<()> {
-        let end = Bytes::from(KEYS_END);
+        let end = self.list_end.clone();
         let mut start = Bytes::from(KEYS);
         let mut revision = 0;
         let mut seen = 0;
@@ -589,8 +660,8 @@ impl Client {
     }
 }
 
-fn unreachable_watch() -> anyhow::Result<()> {
-    anyhow::bail!("the watch workload is measured separately")
+fn measured_once() -> anyhow::Result<()> {
+    anyhow::bail!("the watch, load and compact workloads are measured separately")
 }
 
 fn mod_equals(key: &Bytes, rev: i64) -> pb::Compare {

@@ -220,6 +220,29 @@ func (c *cluster) startBackends(ctx context.Context, logs string) error {
 			"--log-level=warn",
 		})
 		c.backends, c.endpoints = []*proc.Proc{p}, []string{client}
+	} else if strings.HasPrefix(o.backend, "kine-") {
+		port, err := proc.FreePort()
+		if err != nil {
+			return err
+		}
+		dsn := "sqlite://" + filepath.Join(o.workDir, "kine.db")
+		if o.backend != "kine-sqlite" {
+			if dsn, err = withDatabase(o.dsn, "kine_e2e_"+randHex(4)); err != nil {
+				return err
+			}
+			// kine's MySQL driver reads user@tcp(host:port)/db.
+			if strings.HasPrefix(dsn, "mysql://") {
+				u, _ := url.Parse(dsn)
+				dsn = fmt.Sprintf("mysql://%s@tcp(%s)%s", u.User.String(), u.Host, u.Path)
+			}
+		}
+		c.database = dsn
+		p := c.procs.add("kine", o.kineBin, logs, []string{
+			"--listen-address", fmt.Sprintf("127.0.0.1:%d", port),
+			"--endpoint", dsn,
+			"--metrics-bind-address", "0",
+		})
+		c.backends, c.endpoints = []*proc.Proc{p}, []string{fmt.Sprintf("http://127.0.0.1:%d", port)}
 	} else {
 		switch o.backend {
 		case "sqlite":
@@ -267,9 +290,26 @@ func (c *cluster) startBackends(ctx context.Context, logs string) error {
 }
 
 // waitBackend waits until backend i serves its health endpoint: Koine's
-// /readyz (its database is reachable), etcd's /health.
+// /readyz (its database is reachable), etcd's /health; kine, which has
+// none, until it answers a read.
 func (c *cluster) waitBackend(ctx context.Context, i int, timeout time.Duration) error {
 	p := c.backends[i]
+	if strings.HasPrefix(c.o.backend, "kine-") {
+		return poll(ctx, 100*time.Millisecond, timeout, p.Name()+" to answer", func(ctx context.Context) (bool, error) {
+			if !p.Alive() {
+				return false, permanent(fmt.Errorf("%s exited: %v", p.Name(), p.ExitErr()))
+			}
+			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.endpoints[i]}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+			if err != nil {
+				return false, err
+			}
+			defer cli.Close()
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			_, err = cli.Get(rctx, "/registry/health")
+			return err == nil, err
+		})
+	}
 	path := "/readyz"
 	if c.o.backend == "etcd" {
 		path = "/health"
@@ -363,7 +403,12 @@ func (e *env) backendNames() []string {
 	return out
 }
 
-func (e *env) isKoine() bool { return e.o.backend != "etcd" }
+func (e *env) isKoine() bool { return isKoine(e.o.backend) }
+
+// isKoine: the backend is Koine (not etcd, not kine).
+func isKoine(backend string) bool {
+	return backend != "etcd" && !strings.HasPrefix(backend, "kine-")
+}
 
 // kubectl runs kubectl against the cluster; stdin may be empty.
 func (e *env) kubectl(ctx context.Context, stdin string, args ...string) (stdout, stderr string, err error) {

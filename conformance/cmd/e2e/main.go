@@ -46,6 +46,9 @@ type options struct {
 	report         string
 	crdObjects     int
 	startupTimeout time.Duration
+	kineBin        string
+	benchObjects   int
+	benchClients   int
 }
 
 // check is one assertion group. run returns nil on success; r collects
@@ -53,8 +56,9 @@ type options struct {
 type check struct {
 	name      string
 	timeout   time.Duration
-	koineOnly bool // needs Koine processes (skipped on etcd)
+	koineOnly bool // needs Koine processes (skipped on etcd and kine)
 	haOnly    bool // needs -instances >= 3
+	benchOnly bool // a measurement: runs only when -checks names it
 	// prepare, if set, runs right after the control plane is up, before
 	// any check, so that slow waits (Event TTL) overlap with other checks.
 	prepare func(ctx context.Context, e *env) error
@@ -76,6 +80,7 @@ func allChecks() []*check {
 		{name: "watch-compaction", timeout: 4 * time.Minute, run: checkWatchCompaction},
 		{name: "kill-restart", timeout: 5 * time.Minute, run: checkKillRestart},
 		{name: "ha", timeout: 5 * time.Minute, koineOnly: true, haOnly: true, run: checkHA},
+		{name: "bench-configmaps", timeout: 20 * time.Minute, benchOnly: true, run: checkBenchConfigMaps},
 	}
 }
 
@@ -117,7 +122,7 @@ func main() { os.Exit(run()) }
 
 func run() int {
 	o := &options{}
-	flag.StringVar(&o.backend, "backend", "sqlite", "storage: sqlite, postgres, mysql (Koine) or etcd (the reference)")
+	flag.StringVar(&o.backend, "backend", "sqlite", "storage: sqlite, postgres, mysql (Koine), etcd (the reference) or kine-sqlite, kine-postgres, kine-mysql")
 	flag.StringVar(&o.dsn, "dsn", "", "base DSN for postgres/mysql; its database name is replaced by a fresh one")
 	flag.StringVar(&o.koineBin, "koine-bin", os.Getenv("KOINE_BIN"), "the koine binary (default $KOINE_BIN)")
 	flag.StringVar(&o.binDir, "bin-dir", "target/conformance/bin", "directory of kube-apiserver, kube-controller-manager, kubectl and etcd")
@@ -128,6 +133,9 @@ func run() int {
 	flag.StringVar(&o.report, "report", "", "write per-check results to this JSON file")
 	flag.IntVar(&o.crdObjects, "crd-objects", 3000, "custom objects the crd check creates")
 	flag.DurationVar(&o.startupTimeout, "startup-timeout", 3*time.Minute, "how long kube-apiserver may take to become ready")
+	flag.StringVar(&o.kineBin, "kine-bin", "", "the kine binary, for the kine-* backends (default: kine in -bin-dir)")
+	flag.IntVar(&o.benchObjects, "bench-objects", 10000, "ConfigMaps the bench-configmaps check creates")
+	flag.IntVar(&o.benchClients, "bench-clients", 32, "concurrent clients of the bench-configmaps check")
 	flag.Parse()
 
 	checks, err := selectChecks(o)
@@ -313,7 +321,10 @@ func finish(o *options, rep *report, started time.Time) {
 
 func selectChecks(o *options) ([]*check, error) {
 	switch o.backend {
-	case "sqlite", "etcd":
+	case "sqlite", "etcd", "kine-sqlite", "kine-postgres", "kine-mysql":
+		if strings.HasPrefix(o.backend, "kine-") && o.backend != "kine-sqlite" && o.dsn == "" {
+			return nil, fmt.Errorf("-backend %s needs -dsn", o.backend)
+		}
 		if o.instances != 1 {
 			return nil, fmt.Errorf("-instances %d: several instances need a shared database (postgres or mysql)", o.instances)
 		}
@@ -325,11 +336,17 @@ func selectChecks(o *options) ([]*check, error) {
 			return nil, fmt.Errorf("-instances must be at least 1")
 		}
 	default:
-		return nil, fmt.Errorf("unknown -backend %q (sqlite, postgres, mysql or etcd)", o.backend)
+		return nil, fmt.Errorf("unknown -backend %q (sqlite, postgres, mysql, etcd, kine-sqlite, kine-postgres or kine-mysql)", o.backend)
 	}
 	all := allChecks()
 	if o.checks == "" || o.checks == "all" {
-		return all, nil
+		var out []*check
+		for _, c := range all {
+			if !c.benchOnly {
+				out = append(out, c)
+			}
+		}
+		return out, nil
 	}
 	byName := map[string]*check{}
 	var names []string
@@ -358,7 +375,7 @@ func selectChecks(o *options) ([]*check, error) {
 }
 
 func skipReason(o *options, ch *check) string {
-	if ch.koineOnly && o.backend == "etcd" {
+	if ch.koineOnly && !isKoine(o.backend) {
 		return "needs Koine instances sharing a database"
 	}
 	if ch.haOnly && o.instances < 3 {
@@ -375,6 +392,13 @@ func resolveBinaries(o *options) error {
 	need := []string{"kube-apiserver", "kube-controller-manager", "kubectl"}
 	if o.backend == "etcd" {
 		need = append(need, "etcd")
+	} else if strings.HasPrefix(o.backend, "kine-") {
+		if o.kineBin == "" {
+			o.kineBin = filepath.Join(o.binDir, "kine")
+		}
+		if _, err := os.Stat(o.kineBin); err != nil {
+			return fmt.Errorf("kine binary: %v", err)
+		}
 	} else {
 		if o.koineBin == "" {
 			return fmt.Errorf("-koine-bin (or $KOINE_BIN) is required for backend %s", o.backend)
