@@ -127,6 +127,8 @@ def main():
           " keys; lease = grant + put with it; mixed = 20% create, 50% update, 10%"
           " delete-if-unchanged, 15% get, 5% list; watch = 100 watchers, 100 puts/s, latency"
           " from sending the put to each watcher receiving it.\n")
+    print("How the costs grow with the number of keys and the length of the history (10k to 1M"
+          " keys): [scale.md](scale.md), made by `scripts/bench.sh --scale`.\n")
 
     def throughput(l, w, c):
         r = by.get((l, w, c))
