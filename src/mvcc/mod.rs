@@ -239,7 +239,7 @@ impl Store {
                 if let Some((meta, kvs)) = self.db.range_with_meta(&req.range, limit).await? {
                     if limit.is_none_or(|n| (kvs.len() as i64) < n) {
                         if let (Some(cache), Some(key)) = (&self.cache, single) {
-                            cache.fill(key.clone(), kvs.first().cloned(), meta.revision);
+                            cache.fill(key, kvs.first().cloned(), meta.revision);
                         }
                         return Ok((range::whole(kvs, o), meta.revision));
                     }
