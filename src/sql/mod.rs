@@ -282,23 +282,27 @@ impl Db {
 
     /// Live keys in `range` at the current revision together with the meta
     /// row, in one statement (hence one snapshot, no transaction); `None`
-    /// where the dialect reads faster through a snapshot transaction.
+    /// where the dialect reads a range faster through a snapshot
+    /// transaction (a single key is one statement everywhere).
     pub async fn range_with_meta(
         &self,
         range: &KeyRange,
         limit: Option<i64>,
     ) -> Result<Option<(Meta, Vec<KeyValue>)>> {
-        if !self.dialect.sql().joined_current_reads || range.is_empty() {
+        let rows: Vec<MetaAndKv> = if let Some(key) = range.single() {
+            self.fetch(Q::KvGetWithMeta, &[Arg::Bytes(key)]).await?
+        } else if !self.dialect.sql().joined_current_reads || range.is_empty() {
             return Ok(None);
-        }
-        let (bounded, mut args) = range_args(range);
-        args.push(Arg::I64(limit.unwrap_or(i64::MAX)));
-        let q = if bounded {
-            Q::KvRangeWithMeta
         } else {
-            Q::KvRangeWithMetaOpen
+            let (bounded, mut args) = range_args(range);
+            args.push(Arg::I64(limit.unwrap_or(i64::MAX)));
+            let q = if bounded {
+                Q::KvRangeWithMeta
+            } else {
+                Q::KvRangeWithMetaOpen
+            };
+            self.fetch(q, &args).await?
         };
-        let rows: Vec<MetaAndKv> = self.fetch(q, &args).await?;
         let meta = rows
             .first()
             .map(|r| r.0)

@@ -45,6 +45,7 @@ pub enum Q {
     Notify,
     KvRangeWithMeta,
     KvRangeWithMetaOpen,
+    KvGetWithMeta,
 }
 
 const KV_FIELDS: &str = "k, create_revision, mod_revision, version, lease, value";
@@ -183,6 +184,15 @@ impl Queries {
                 "SELECT m.revision, m.compact_revision, kv.k, kv.create_revision, kv.mod_revision, \
                  kv.version, kv.lease, kv.value FROM koine_meta m LEFT JOIN koine_kv kv \
                  ON kv.k >= ? WHERE m.id = 1 ORDER BY kv.k LIMIT ?"
+                    .into(),
+            ),
+            // One key: no ORDER BY, so MySQL too reads it in one statement
+            // (one read view for both rows) without a temporary table.
+            (
+                Q::KvGetWithMeta,
+                "SELECT m.revision, m.compact_revision, kv.k, kv.create_revision, kv.mod_revision, \
+                 kv.version, kv.lease, kv.value FROM koine_meta m LEFT JOIN koine_kv kv \
+                 ON kv.k = ? WHERE m.id = 1"
                     .into(),
             ),
             (Q::KvUnchanged, unchanged(true, false)),
