@@ -12,9 +12,12 @@
 //! Entries read from the database are added only when they were read at the
 //! cache's revision (the read's snapshot revision comes from the same
 //! statement), so a read that raced a commit never installs a stale value.
-//! After a COMMIT whose outcome is unknown the cache forgets everything and
-//! serves nothing until the writer's next commit tells it the revision
-//! again.
+//! From just before the writer's COMMIT until it has applied the batch, the
+//! cache serves nothing: the database's readers may already see the new
+//! revision, and a client that read it there must never then be answered
+//! an older one from here. After a COMMIT whose outcome is unknown the cache
+//! forgets everything and serves nothing until the writer's next commit
+//! tells it the revision again.
 //!
 //! The size is bounded by two generations: entries go into the young one;
 //! when it holds half the budget it becomes the old one, and the previous
@@ -122,6 +125,24 @@ impl CurrentCache {
         }
     }
 
+    /// Stops serving, just before the writer's COMMIT (the database may show
+    /// the new revision from then on). Returns what [`resume`] restores if
+    /// the COMMIT did not take effect; [`committed`] ends it otherwise.
+    ///
+    /// [`resume`]: CurrentCache::resume
+    /// [`committed`]: CurrentCache::committed
+    pub fn pause(&self) -> Option<Revision> {
+        self.lock().revision.take()
+    }
+
+    /// Serves again at `revision` (what [`pause`] returned): the COMMIT did
+    /// not take effect, so the entries are still current.
+    ///
+    /// [`pause`]: CurrentCache::pause
+    pub fn resume(&self, revision: Option<Revision>) {
+        self.lock().revision = revision;
+    }
+
     /// Applies a committed batch: its events, and the store revision after
     /// it. Called by the writer before it answers the batch's requests.
     pub fn committed(&self, events: &[(Revision, Vec<Event>)], revision: Revision) {
@@ -205,6 +226,27 @@ mod tests {
         c.committed(&[put("b", "v", 4)], 4);
         assert_eq!(c.get(b"a"), None, "not relearned from a stale read");
         assert!(c.get(b"b").is_some());
+    }
+
+    #[test]
+    fn nothing_is_served_while_a_commit_is_in_flight() {
+        let c = CurrentCache::new(1 << 20, 1);
+        c.committed(&[put("a", "v1", 2)], 2);
+        let paused = c.pause();
+        assert_eq!(paused, Some(2));
+        // The database may already show revision 3: no answer at 2 now,
+        // and a read at 2 is not installed.
+        assert_eq!(c.get(b"a"), None);
+        c.fill(b"b", None, 2);
+        // Not committed after all: serving again at 2.
+        c.resume(paused);
+        assert_eq!(c.get(b"a").map(|(_, at)| at), Some(2));
+        assert_eq!(c.get(b"b"), None);
+        // Committed: serving at the new revision.
+        c.pause();
+        c.committed(&[put("a", "v3", 3)], 3);
+        let (entry, at) = c.get(b"a").expect("cached");
+        assert_eq!((entry.unwrap().value, at), (Bytes::from_static(b"v3"), 3));
     }
 
     #[test]

@@ -262,10 +262,17 @@ impl WriterTask {
         match self.apply_all(&mut tx, jobs, batch).await {
             Ok(state) => {
                 let committing = std::time::Instant::now();
+                // Readers may see the new revision as soon as COMMIT runs;
+                // the key cache must not answer the old one from then on.
+                let paused = self.cache.as_ref().map(|c| c.pause());
                 if let Err(e) = tx.commit().await {
                     // The connection may have broken after the database
-                    // committed: ask it, rather than guess.
+                    // committed: ask it, rather than guess (on
+                    // OutcomeUnknown, `commit` empties the cache).
                     if !self.committed(batch).await? {
+                        if let (Some(cache), Some(revision)) = (&self.cache, paused) {
+                            cache.resume(revision);
+                        }
                         return Err(e);
                     }
                     tracing::warn!(error = %e, "COMMIT failed, yet the batch was committed");
@@ -445,6 +452,36 @@ mod tests {
             })],
             failure: vec![],
         }
+    }
+
+    /// A read from the database may see a commit before the writer has
+    /// applied it to the key cache; a single-key read after it must still
+    /// not answer an older revision (the robustness test found this).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_never_answers_an_older_revision_than_one_already_seen() {
+        use crate::mvcc::request::RangeRequest;
+        use crate::types::KeyRange;
+        let store = test_store().await;
+        store.write(put(0)).await.unwrap();
+        let writes = {
+            let s = store.clone();
+            tokio::spawn(async move {
+                for i in 0..3000 {
+                    s.write(put(i % 2)).await.unwrap();
+                }
+            })
+        };
+        let read = |key: &'static str, end: &'static str| RangeRequest {
+            range: KeyRange::from_etcd(&key.into(), &end.into()),
+            options: Default::default(),
+        };
+        let (all, one) = (read("k", "l"), read("k1", ""));
+        while !writes.is_finished() {
+            let (_, seen) = store.range(&all).await.unwrap();
+            let (_, then) = store.range(&one).await.unwrap();
+            assert!(then >= seen, "answered revision {then} after {seen}");
+        }
+        writes.await.unwrap();
     }
 
     #[tokio::test(flavor = "current_thread")]
