@@ -62,6 +62,20 @@ def kubernetes_level(k8s):
             r["create_p99_ms"], r["list_paginated_seconds"], r["list_cache_seconds"]))
 
 
+def machine():
+    """(cores, CPU model) of this machine, for the reports' first line."""
+    cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return cpu, model
+
+
 def load(path):
     rows, text, dec, i = [], open(path).read(), json.JSONDecoder(), 0
     while i < len(text):
@@ -103,15 +117,7 @@ def main():
     def ratio(a, b):
         return a / b if a is not None and b else None
 
-    cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    model = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu, model = machine()
     print("# Benchmarks\n")
     print(f"Produced by `scripts/bench.sh --duration {dur}` on a {cpu}-core machine ({model},"
           f" {platform.platform()}); every figure is one {dur} run of `koine bench`, which"

@@ -8,7 +8,6 @@ Labels are TARGET@KEYS; needs matplotlib (bench.sh installs it in a venv).
 
 import os
 import platform
-import subprocess
 import sys
 
 import matplotlib
@@ -17,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_report import load  # noqa: E402
+from bench_report import load, machine  # noqa: E402
 
 # (workload, what its ops are, title in the plot).
 WORKLOADS = [
@@ -46,9 +45,7 @@ def main():
             by[(target, keys, r["workload"])] = r
     sizes = sorted(sizes)
 
-    cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                  if line.startswith("model name")), "unknown CPU")
+    cpu, model = machine()
     print("# How costs grow with the data set\n")
     print(f"Produced by `scripts/bench.sh --scale {','.join(map(str, sizes))}` on a {cpu}-core"
           f" machine ({model}, {platform.platform()}). For each server and size N, a fresh"
