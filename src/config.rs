@@ -85,6 +85,15 @@ pub struct Config {
     #[arg(long, env = "KOINE_KEY_CACHE_BYTES", default_value_t = 64 << 20)]
     pub key_cache_bytes: usize,
 
+    /// Seconds an auth token stays valid after its last use (etcd's
+    /// `--auth-token-ttl`).
+    #[arg(long, env = "KOINE_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// bcrypt cost of stored password hashes (etcd's `--bcrypt-cost`).
+    #[arg(long, env = "KOINE_BCRYPT_COST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+
     /// How often other instances' writes are looked for [default: 25ms on
     /// MySQL, where polling is the only way to see them; 100ms on
     /// PostgreSQL, which is woken by NOTIFY and polls only as a safety net,

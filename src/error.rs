@@ -24,12 +24,89 @@ pub mod text {
     pub const STOPPED: &str = "etcdserver: server stopped";
     pub const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
     pub const CORRUPT: &str = "etcdserver: corrupt cluster";
+    pub const USER_EMPTY: &str = "etcdserver: user name is empty";
+    pub const USER_EXISTS: &str = "etcdserver: user name already exists";
+    pub const USER_NOT_FOUND: &str = "etcdserver: user name not found";
+    pub const ROLE_EXISTS: &str = "etcdserver: role name already exists";
+    pub const ROLE_NOT_FOUND: &str = "etcdserver: role name not found";
+    pub const ROLE_EMPTY: &str = "etcdserver: role name is empty";
+    pub const AUTH_FAILED: &str = "etcdserver: authentication failed, invalid user ID or password";
+    pub const PERMISSION_NOT_GIVEN: &str = "etcdserver: permission not given";
+    pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";
+    pub const ROLE_NOT_GRANTED: &str = "etcdserver: role is not granted to the user";
+    pub const PERMISSION_NOT_GRANTED: &str = "etcdserver: permission is not granted to the role";
+    pub const AUTH_NOT_ENABLED: &str = "etcdserver: authentication is not enabled";
+    pub const INVALID_AUTH_TOKEN: &str = "etcdserver: invalid auth token";
+    pub const INVALID_AUTH_MGMT: &str = "etcdserver: invalid auth management";
+    pub const ROOT_USER_NOT_EXIST: &str = "etcdserver: root user does not exist";
+    pub const ROOT_ROLE_NOT_EXIST: &str = "etcdserver: root user does not have root role";
+    /// etcd answers this one with code Unknown (its auth package's error,
+    /// not one of rpctypes').
+    pub const NO_PASSWORD_USER: &str =
+        "auth: authentication failed, password was given for no password user";
+}
+
+/// etcd's auth errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    UserEmpty,
+    UserExists,
+    UserNotFound,
+    RoleExists,
+    RoleNotFound,
+    RoleEmpty,
+    AuthFailed,
+    PermissionNotGiven,
+    PermissionDenied,
+    RoleNotGranted,
+    PermissionNotGranted,
+    AuthNotEnabled,
+    InvalidToken,
+    InvalidMgmt,
+    RootUserNotExist,
+    RootRoleNotExist,
+    NoPasswordUser,
+}
+
+impl AuthError {
+    pub fn code_and_text(self) -> (Code, &'static str) {
+        use AuthError::*;
+        use text::*;
+        match self {
+            UserEmpty => (Code::InvalidArgument, USER_EMPTY),
+            UserExists => (Code::FailedPrecondition, USER_EXISTS),
+            UserNotFound => (Code::FailedPrecondition, USER_NOT_FOUND),
+            RoleExists => (Code::FailedPrecondition, ROLE_EXISTS),
+            RoleNotFound => (Code::FailedPrecondition, ROLE_NOT_FOUND),
+            RoleEmpty => (Code::InvalidArgument, ROLE_EMPTY),
+            AuthFailed => (Code::InvalidArgument, AUTH_FAILED),
+            PermissionNotGiven => (Code::InvalidArgument, PERMISSION_NOT_GIVEN),
+            PermissionDenied => (Code::PermissionDenied, PERMISSION_DENIED),
+            RoleNotGranted => (Code::FailedPrecondition, ROLE_NOT_GRANTED),
+            PermissionNotGranted => (Code::FailedPrecondition, PERMISSION_NOT_GRANTED),
+            AuthNotEnabled => (Code::FailedPrecondition, AUTH_NOT_ENABLED),
+            InvalidToken => (Code::Unauthenticated, INVALID_AUTH_TOKEN),
+            InvalidMgmt => (Code::InvalidArgument, INVALID_AUTH_MGMT),
+            RootUserNotExist => (Code::FailedPrecondition, ROOT_USER_NOT_EXIST),
+            RootRoleNotExist => (Code::FailedPrecondition, ROOT_ROLE_NOT_EXIST),
+            NoPasswordUser => (Code::Unknown, NO_PASSWORD_USER),
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Status {
+        let (code, text) = e.code_and_text();
+        Status::new(code, text)
+    }
 }
 
 /// Everything that can go wrong below the gRPC layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    #[error("{0:?}")]
+    Auth(AuthError),
     #[error("key is not provided")]
     EmptyKey,
     #[error("key not found")]
@@ -109,6 +186,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         use text::*;
         let (code, msg): (Code, &str) = match &e {
+            Error::Auth(a) => a.code_and_text(),
             Error::EmptyKey => (Code::InvalidArgument, EMPTY_KEY),
             Error::KeyNotFound => (Code::InvalidArgument, KEY_NOT_FOUND),
             Error::ValueProvided => (Code::InvalidArgument, VALUE_PROVIDED),

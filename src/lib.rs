@@ -12,6 +12,7 @@
 //! The crate's interface is [`run`], [`config`], [`proto`] and [`bench`];
 //! everything else is private to it.
 
+mod auth;
 pub mod bench;
 pub mod config;
 mod error;
@@ -26,13 +27,14 @@ mod types;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use config::{Config, Endpoint};
 use proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use server::{Identity, Limits, Shared};
@@ -70,6 +72,14 @@ pub async fn run(
             .unwrap_or(db.dialect().sql().poll_interval),
     };
     let (store, engine) = mvcc::start(db.clone(), &settings, metrics.clone(), &cancel).await?;
+    let auth = auth::Auth::start(
+        db.clone(),
+        store.clone(),
+        Duration::from_secs(config.auth_token_ttl.max(1)),
+        config.bcrypt_cost,
+        cancel.clone(),
+    )
+    .await?;
     let cluster_id = store.cluster_id().await?;
     let identity = Identity {
         cluster_id,
@@ -84,6 +94,7 @@ pub async fn run(
     };
     let shared = Arc::new(Shared {
         store,
+        auth,
         identity,
         limits,
         watch: server::watch::WatchConfig {
@@ -124,6 +135,9 @@ pub async fn run(
     .add_service(ClusterServer::new(server::cluster::ClusterService {
         shared: shared.clone(),
     }))
+    .add_service(AuthServer::new(server::auth::AuthService {
+        shared: shared.clone(),
+    }))
     .add_service(serve::grpc_health().await);
     let refresher = tokio::spawn(server::http::refresh_metrics(
         shared.clone(),
@@ -139,6 +153,7 @@ pub async fn run(
             "etcdserverpb.Watch",
             "etcdserverpb.Maintenance",
             "etcdserverpb.Cluster",
+            "etcdserverpb.Auth",
             "grpc.health.v1.Health",
         ],
         Some(limits.max_recv_bytes()),

@@ -9,7 +9,7 @@
 //! background tasks (following other instances, the leader lock, lease
 //! expiry, background compaction) until the token is cancelled.
 
-mod apply;
+pub(crate) mod apply;
 mod cache;
 mod compact;
 mod feed;
@@ -19,7 +19,7 @@ mod lease;
 mod range;
 pub mod request;
 mod watch;
-mod writer;
+pub(crate) mod writer;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

@@ -12,7 +12,8 @@ use crate::mvcc::Compact;
 use crate::mvcc::request::{self as t, SortOrder, SortTarget};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::kv_server::Kv;
-use crate::server::{SharedRef, convert};
+use crate::error::AuthError;
+use crate::server::{SharedRef, auth, convert};
 
 pub struct KvService {
     pub shared: SharedRef,
@@ -38,8 +39,11 @@ impl Kv for KvService {
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<RangeChunks>, Status> {
         let s = self.shared.clone();
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         s.limits.check_size(&req)?;
+        if let Some(c) = s.caller(&md).await? {
+            auth::check_range(&c, &req)?;
+        }
         let mut req = convert::range(req)?;
         let o = &req.options;
         // etcd's IsDefaultOrdering.
@@ -154,8 +158,11 @@ impl Kv for KvService {
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let s = &self.shared;
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         s.limits.check_size(&req)?;
+        if let Some(c) = s.caller(&md).await? {
+            auth::check_range(&c, &req)?;
+        }
         let req = convert::range(req)?;
         let (result, rev) = s.store.range(&req).await?;
         Ok(Response::new(convert::range_response(s, result, rev)))
@@ -163,8 +170,19 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let s = &self.shared;
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         s.limits.check_size(&req)?;
+        if let Some(c) = s.caller(&md).await? {
+            auth::check_put(&c, &req)?;
+            if req.lease != 0 {
+                // etcd's checkLeasePuts: the keys already on the lease must
+                // be writable too, since whoever may attach may revoke.
+                let info = s.store.lease(req.lease).await?;
+                if !info.keys.iter().all(|k| c.may(true, k, b"")) {
+                    return Err(AuthError::PermissionDenied.into());
+                }
+            }
+        }
         let (r, rev) = s.store.write(convert::put(req)?).await?;
         Ok(Response::new(convert::put_response(s, r, rev)))
     }
@@ -174,16 +192,22 @@ impl Kv for KvService {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let s = &self.shared;
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         s.limits.check_size(&req)?;
+        if let Some(c) = s.caller(&md).await? {
+            auth::check_delete(&c, &req)?;
+        }
         let (r, rev) = s.store.write(convert::delete(req)?).await?;
         Ok(Response::new(convert::delete_response(s, r, rev)))
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let s = &self.shared;
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         s.limits.check_size(&req)?;
+        if let Some(c) = s.caller(&md).await? {
+            auth::check_txn(&c, &req)?;
+        }
         let (r, rev) = s
             .store
             .write(convert::txn(req, s.limits.max_txn_ops)?)
@@ -196,6 +220,7 @@ impl Kv for KvService {
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let s = &self.shared;
+        s.require_admin(req.metadata()).await?;
         let req = req.into_inner();
         let (_, rev) = s
             .store

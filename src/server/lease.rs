@@ -49,7 +49,16 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let s = &self.shared;
-        let id = req.into_inner().id;
+        let (md, _, req) = req.into_parts();
+        let id = req.id;
+        if let Some(c) = s.caller(&md).await? {
+            // etcd: revoking deletes the lease's keys, so each must be
+            // writable by the caller.
+            let info = s.store.lease(id).await?;
+            if !info.keys.iter().all(|k| c.may(true, k, b"")) {
+                return Err(crate::error::AuthError::PermissionDenied.into());
+            }
+        }
         let (_, rev) = s.store.write(Revoke { id }).await?;
         Ok(Response::new(pb::LeaseRevokeResponse {
             header: s.header(rev),

@@ -55,8 +55,10 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _req: Request<pb::DefragmentRequest>,
+        req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // Admin-only under auth, as etcd.
+        self.shared.require_admin(req.metadata()).await?;
         // The database manages its own free space; nothing to do.
         let meta = self.shared.store.meta().await?;
         Ok(Response::new(pb::DefragmentResponse {
@@ -66,15 +68,19 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(
         &self,
-        _req: Request<pb::HashRequest>,
+        req: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        // Admin-only under auth, as etcd.
+        self.shared.require_admin(req.metadata()).await?;
         Err(unimplemented("Hash"))
     }
 
     async fn hash_kv(
         &self,
-        _req: Request<pb::HashKvRequest>,
+        req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        // Admin-only under auth, as etcd.
+        self.shared.require_admin(req.metadata()).await?;
         Err(unimplemented("HashKV"))
     }
 
@@ -82,15 +88,19 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _req: Request<pb::SnapshotRequest>,
+        req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        // Admin-only under auth, as etcd.
+        self.shared.require_admin(req.metadata()).await?;
         Err(unimplemented("Snapshot"))
     }
 
     async fn move_leader(
         &self,
-        _req: Request<pb::MoveLeaderRequest>,
+        req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        // Admin-only under auth, as etcd.
+        self.shared.require_admin(req.metadata()).await?;
         Err(unimplemented("MoveLeader"))
     }
 

@@ -3,6 +3,7 @@
 //! engine types, map errors through `Status::from`, fill the response
 //! header. No SQL and no database type appears here.
 
+pub mod auth;
 pub mod cluster;
 pub mod convert;
 pub mod http;
@@ -73,6 +74,7 @@ pub struct Identity {
 /// State shared by all services of one server.
 pub struct Shared {
     pub store: Store,
+    pub auth: crate::auth::AuthRef,
     pub identity: Identity,
     pub limits: Limits,
     pub watch: watch::WatchConfig,
@@ -84,6 +86,29 @@ pub struct Shared {
 pub type SharedRef = Arc<Shared>;
 
 impl Shared {
+    /// The caller of a request while auth is on (`None` while it is off),
+    /// or etcd's error for its token.
+    pub async fn caller(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+    ) -> Result<Option<crate::auth::Caller>, Status> {
+        Ok(self.auth.caller(md).await?)
+    }
+
+    /// etcd's check for admin-only calls: with auth on, only a user with
+    /// the root role.
+    pub async fn require_admin(&self, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        match self.caller(md).await? {
+            Some(c) if !c.is_admin() => Err(crate::error::AuthError::PermissionDenied.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A header at the newest revision this instance has published.
+    pub fn current_header(&self) -> Option<ResponseHeader> {
+        self.header(self.store.published_revision())
+    }
+
     pub fn header(&self, revision: Revision) -> Option<ResponseHeader> {
         Some(ResponseHeader {
             cluster_id: self.identity.cluster_id,

@@ -52,6 +52,7 @@ impl Watch for WatchService {
     ) -> Result<Response<WatchResponseStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let stream = Session {
+            metadata: req.metadata().clone(),
             watchers: self.shared.store.watch_stream(),
             shared: self.shared.clone(),
             out: tx,
@@ -77,6 +78,8 @@ struct Closed;
 /// One client stream.
 struct Session {
     shared: SharedRef,
+    /// The stream's request headers: its auth token.
+    metadata: tonic::metadata::MetadataMap,
     watchers: WatchStream,
     out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     wants: std::collections::HashMap<i64, Wants>,
@@ -191,6 +194,18 @@ impl Session {
             cancel_reason: reason.to_string(),
             ..created(id)
         };
+        // etcd's isWatchPermitted: READ over the range, checked once at
+        // creation; the refusal says why as grpc-go prints a status.
+        let denied = match self.shared.caller(&self.metadata).await {
+            Ok(None) => None,
+            Ok(Some(caller)) => (!caller.may(false, &key, &c.range_end))
+                .then(|| Status::from(crate::error::AuthError::PermissionDenied)),
+            Err(status) => Some(status),
+        };
+        if let Some(st) = denied {
+            let reason = format!("rpc error: code = {:?} desc = {}", st.code(), st.message());
+            return self.send(refuse(-1, &reason)).await;
+        }
         match self.watchers.watch(c.watch_id, spec).await {
             Ok(id) => {
                 self.wants.insert(

@@ -102,6 +102,34 @@ pub struct Meta {
     pub compact_revision: Revision,
 }
 
+/// The auth store's row: its revision, whether auth is on, the users and
+/// roles (an encoded `AuthSnapshot`, empty when there are none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRow {
+    pub revision: i64,
+    pub enabled: bool,
+    pub state: Bytes,
+}
+
+impl FromRow for AuthRow {
+    fn from_row(r: &dyn Row) -> Result<AuthRow> {
+        Ok(AuthRow {
+            revision: r.i64(0)?,
+            enabled: r.i64(1)? != 0,
+            state: r.bytes(2)?,
+        })
+    }
+}
+
+/// A token's user and the milliseconds it has left (database clock).
+struct TokenRow(Bytes, i64);
+
+impl FromRow for TokenRow {
+    fn from_row(r: &dyn Row) -> Result<TokenRow> {
+        Ok(TokenRow(r.bytes(0)?, r.i64(1)?))
+    }
+}
+
 /// A lease row; `remaining_ms` is measured on the database clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseRow {
@@ -274,6 +302,23 @@ impl Db {
         one(self.fetch(Q::MetaRead, &[]).await?, "koine_meta")
     }
 
+    /// The auth store as committed.
+    pub async fn auth(&self) -> Result<AuthRow> {
+        one(self.fetch(Q::AuthRead, &[]).await?, "koine_auth")
+    }
+
+    /// The auth store's revision alone (polled to notice other instances'
+    /// changes).
+    pub async fn auth_revision(&self) -> Result<i64> {
+        one(self.fetch(Q::AuthRevision, &[]).await?, "koine_auth")
+    }
+
+    /// A token's user and the milliseconds it has left, if it exists.
+    pub async fn token(&self, token: &[u8]) -> Result<Option<(Bytes, i64)>> {
+        let row: Option<TokenRow> = self.fetch(Q::TokenGet, &[Arg::Bytes(token)]).await?.pop();
+        Ok(row.map(|TokenRow(user, left)| (user, left)))
+    }
+
     /// The cluster id chosen when the database was created.
     pub async fn cluster_id(&self) -> Result<u64> {
         let id: i64 = one(self.fetch(Q::ClusterId, &[]).await?, "koine_meta")?;
@@ -407,6 +452,50 @@ impl DbTx {
     /// takes writes (health checks).
     pub async fn touch_meta(&mut self) -> Result<()> {
         self.exec(Q::MetaTouch, &[]).await?;
+        Ok(())
+    }
+
+    /// The auth store, read inside this (write) transaction.
+    pub async fn auth(&mut self) -> Result<AuthRow> {
+        one(self.fetch(Q::AuthRead, &[]).await?, "koine_auth")
+    }
+
+    pub async fn auth_update(&mut self, row: &AuthRow) -> Result<()> {
+        self.exec(
+            Q::AuthUpdate,
+            &[
+                Arg::I64(row.revision),
+                Arg::I64(row.enabled as i64),
+                Arg::Bytes(&row.state),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn token_insert(&mut self, token: &[u8], user: &[u8], ttl_ms: i64) -> Result<()> {
+        self.exec(
+            Q::TokenInsert,
+            &[Arg::Bytes(token), Arg::Bytes(user), Arg::I64(ttl_ms)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn token_touch(&mut self, token: &[u8], ttl_ms: i64) -> Result<()> {
+        self.exec(Q::TokenTouch, &[Arg::I64(ttl_ms), Arg::Bytes(token)])
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the tokens of `user`, or every token (`None`), and those
+    /// that have expired.
+    pub async fn tokens_delete(&mut self, user: Option<&[u8]>) -> Result<()> {
+        match user {
+            Some(u) => self.exec(Q::TokenDeleteUser, &[Arg::Bytes(u)]).await?,
+            None => self.exec(Q::TokenDeleteAll, &[]).await?,
+        };
+        self.exec(Q::TokenPrune, &[]).await?;
         Ok(())
     }
 

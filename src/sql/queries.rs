@@ -46,6 +46,15 @@ pub enum Q {
     KvRangeWithMeta,
     KvRangeWithMetaOpen,
     KvGetWithMeta,
+    AuthRead,
+    AuthRevision,
+    AuthUpdate,
+    TokenInsert,
+    TokenGet,
+    TokenTouch,
+    TokenDeleteUser,
+    TokenDeleteAll,
+    TokenPrune,
 }
 
 const KV_FIELDS: &str = "k, create_revision, mod_revision, version, lease, value";
@@ -250,6 +259,44 @@ impl Queries {
                 "DELETE FROM koine_lease WHERE id = ?".into(),
             ),
             (Q::DbSize, db_size.into()),
+            (
+                Q::AuthRead,
+                "SELECT revision, enabled, state FROM koine_auth WHERE id = 1".into(),
+            ),
+            (
+                Q::AuthRevision,
+                "SELECT revision FROM koine_auth WHERE id = 1".into(),
+            ),
+            (
+                Q::AuthUpdate,
+                "UPDATE koine_auth SET revision = ?, enabled = ?, state = ? WHERE id = 1".into(),
+            ),
+            (
+                Q::TokenInsert,
+                format!(
+                    "INSERT INTO koine_auth_token (token, username, expires_at) \
+                     VALUES (?, ?, {now_ms} + ?)"
+                ),
+            ),
+            (
+                Q::TokenGet,
+                format!(
+                    "SELECT username, expires_at - {now_ms} FROM koine_auth_token WHERE token = ?"
+                ),
+            ),
+            (
+                Q::TokenTouch,
+                format!("UPDATE koine_auth_token SET expires_at = {now_ms} + ? WHERE token = ?"),
+            ),
+            (
+                Q::TokenDeleteUser,
+                "DELETE FROM koine_auth_token WHERE username = ?".into(),
+            ),
+            (Q::TokenDeleteAll, "DELETE FROM koine_auth_token".into()),
+            (
+                Q::TokenPrune,
+                format!("DELETE FROM koine_auth_token WHERE expires_at <= {now_ms}"),
+            ),
         ];
         if let Some(notify) = sql.notify {
             texts.push((Q::Notify, notify.into()));
