@@ -190,9 +190,7 @@ impl State {
     }
 
     fn is_admin(&self, user: &str) -> bool {
-        self.users
-            .get(user)
-            .is_some_and(|u| u.roles.contains(ROOT))
+        self.users.get(user).is_some_and(|u| u.roles.contains(ROOT))
     }
 }
 
@@ -481,10 +479,7 @@ fn interval(key: &[u8], end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
 }
 
 /// Whether the union of `ivs` covers `want`.
-fn covers(
-    mut ivs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    want: (Vec<u8>, Option<Vec<u8>>),
-) -> bool {
+fn covers(mut ivs: Vec<(Vec<u8>, Option<Vec<u8>>)>, want: (Vec<u8>, Option<Vec<u8>>)) -> bool {
     let (mut at, want_end) = want;
     if want_end.as_ref().is_some_and(|e| *e <= at) {
         return true;
@@ -721,7 +716,9 @@ impl Auth {
             Some((user, left_ms)) if left_ms > 0 => {
                 let user = name(&user);
                 // Stored `ttl - left` ago.
-                let age = self.ttl.saturating_sub(Duration::from_millis(left_ms as u64));
+                let age = self
+                    .ttl
+                    .saturating_sub(Duration::from_millis(left_ms as u64));
                 let stored = now.checked_sub(age).unwrap_or(now);
                 self.remember(token, &user, st.revision, now, stored);
                 Ok(user)
@@ -781,17 +778,32 @@ mod tests {
             hash: Bytes::new(),
             no_password: true,
         };
-        assert!(matches!(add("root").apply(&mut st), Ok(Outcome::Changed(_))));
-        assert_eq!(add("root").apply(&mut st).err(), Some(AuthError::UserExists));
-        assert_eq!(Change::Enable.apply(&mut st).err(), Some(AuthError::RootRoleNotExist));
+        assert!(matches!(
+            add("root").apply(&mut st),
+            Ok(Outcome::Changed(_))
+        ));
+        assert_eq!(
+            add("root").apply(&mut st).err(),
+            Some(AuthError::UserExists)
+        );
+        assert_eq!(
+            Change::Enable.apply(&mut st).err(),
+            Some(AuthError::RootRoleNotExist)
+        );
         let grant = Change::UserGrant {
             user: "root".into(),
             role: ROOT.into(),
         };
         assert!(matches!(grant.apply(&mut st), Ok(Outcome::Changed(_))));
         assert!(matches!(grant.apply(&mut st), Ok(Outcome::Unchanged)));
-        assert!(matches!(Change::Enable.apply(&mut st), Ok(Outcome::Changed(_))));
-        assert!(matches!(Change::Enable.apply(&mut st), Ok(Outcome::Unchanged)));
+        assert!(matches!(
+            Change::Enable.apply(&mut st),
+            Ok(Outcome::Changed(_))
+        ));
+        assert!(matches!(
+            Change::Enable.apply(&mut st),
+            Ok(Outcome::Unchanged)
+        ));
         assert_eq!(
             Change::UserDelete("root".into()).apply(&mut st).err(),
             Some(AuthError::InvalidMgmt)

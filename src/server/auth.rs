@@ -5,10 +5,10 @@
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, Change, Perm};
-use crate::proto::etcdserverpb::request_op::Request as Op;
 use crate::error::AuthError;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::auth_server::Auth;
+use crate::proto::etcdserverpb::request_op::Request as Op;
 use crate::server::SharedRef;
 
 pub struct AuthService {
@@ -53,9 +53,7 @@ pub fn check_put(c: &Caller, r: &pb::PutRequest) -> Result<(), Status> {
 }
 
 pub fn check_delete(c: &Caller, r: &pb::DeleteRangeRequest) -> Result<(), Status> {
-    permit(
-        c.may(true, &r.key, &r.range_end) && (!r.prev_kv || c.may(false, &r.key, &r.range_end)),
-    )
+    permit(c.may(true, &r.key, &r.range_end) && (!r.prev_kv || c.may(false, &r.key, &r.range_end)))
 }
 
 pub fn check_txn(c: &Caller, t: &pb::TxnRequest) -> Result<(), Status> {
@@ -84,22 +82,30 @@ fn permit(ok: bool) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Auth for AuthService {
-    async fn auth_enable(&self, req: Request<pb::AuthEnableRequest>) -> Reply<pb::AuthEnableResponse> {
-        self.change(req.metadata(), Change::Enable, |header| pb::AuthEnableResponse { header })
-            .await
+    async fn auth_enable(
+        &self,
+        req: Request<pb::AuthEnableRequest>,
+    ) -> Reply<pb::AuthEnableResponse> {
+        self.change(req.metadata(), Change::Enable, |header| {
+            pb::AuthEnableResponse { header }
+        })
+        .await
     }
 
     async fn auth_disable(
         &self,
         req: Request<pb::AuthDisableRequest>,
     ) -> Reply<pb::AuthDisableResponse> {
-        self.change(req.metadata(), Change::Disable, |header| pb::AuthDisableResponse {
-            header,
+        self.change(req.metadata(), Change::Disable, |header| {
+            pb::AuthDisableResponse { header }
         })
         .await
     }
 
-    async fn auth_status(&self, _req: Request<pb::AuthStatusRequest>) -> Reply<pb::AuthStatusResponse> {
+    async fn auth_status(
+        &self,
+        _req: Request<pb::AuthStatusRequest>,
+    ) -> Reply<pb::AuthStatusResponse> {
         let st = self.shared.auth.state();
         Ok(Response::new(pb::AuthStatusResponse {
             header: self.shared.current_header(),
@@ -120,7 +126,10 @@ impl Auth for AuthService {
         }))
     }
 
-    async fn user_add(&self, req: Request<pb::AuthUserAddRequest>) -> Reply<pb::AuthUserAddResponse> {
+    async fn user_add(
+        &self,
+        req: Request<pb::AuthUserAddRequest>,
+    ) -> Reply<pb::AuthUserAddResponse> {
         self.shared.require_admin(req.metadata()).await?;
         let r = req.into_inner();
         if r.name.is_empty() {
@@ -143,7 +152,10 @@ impl Auth for AuthService {
             .await
     }
 
-    async fn user_get(&self, req: Request<pb::AuthUserGetRequest>) -> Reply<pb::AuthUserGetResponse> {
+    async fn user_get(
+        &self,
+        req: Request<pb::AuthUserGetRequest>,
+    ) -> Reply<pb::AuthUserGetResponse> {
         let caller = self.shared.caller(req.metadata()).await?;
         let r = req.into_inner();
         if let Some(c) = caller
@@ -159,7 +171,10 @@ impl Auth for AuthService {
         }))
     }
 
-    async fn user_list(&self, req: Request<pb::AuthUserListRequest>) -> Reply<pb::AuthUserListResponse> {
+    async fn user_list(
+        &self,
+        req: Request<pb::AuthUserListRequest>,
+    ) -> Reply<pb::AuthUserListResponse> {
         self.shared.require_admin(req.metadata()).await?;
         Ok(Response::new(pb::AuthUserListResponse {
             header: self.shared.current_header(),
@@ -189,8 +204,10 @@ impl Auth for AuthService {
             self.shared.auth.hash(r.password).await?
         };
         let change = Change::UserPassword { name: r.name, hash };
-        self.apply(change, |header| pb::AuthUserChangePasswordResponse { header })
-            .await
+        self.apply(change, |header| pb::AuthUserChangePasswordResponse {
+            header,
+        })
+        .await
     }
 
     async fn user_grant_role(
@@ -203,8 +220,10 @@ impl Auth for AuthService {
             user: r.user,
             role: r.role,
         };
-        self.change(&md, change, |header| pb::AuthUserGrantRoleResponse { header })
-            .await
+        self.change(&md, change, |header| pb::AuthUserGrantRoleResponse {
+            header,
+        })
+        .await
     }
 
     async fn user_revoke_role(
@@ -217,18 +236,26 @@ impl Auth for AuthService {
             user: r.name,
             role: r.role,
         };
-        self.change(&md, change, |header| pb::AuthUserRevokeRoleResponse { header })
-            .await
+        self.change(&md, change, |header| pb::AuthUserRevokeRoleResponse {
+            header,
+        })
+        .await
     }
 
-    async fn role_add(&self, req: Request<pb::AuthRoleAddRequest>) -> Reply<pb::AuthRoleAddResponse> {
+    async fn role_add(
+        &self,
+        req: Request<pb::AuthRoleAddRequest>,
+    ) -> Reply<pb::AuthRoleAddResponse> {
         let md = req.metadata().clone();
         let change = Change::RoleAdd(req.into_inner().name);
         self.change(&md, change, |header| pb::AuthRoleAddResponse { header })
             .await
     }
 
-    async fn role_get(&self, req: Request<pb::AuthRoleGetRequest>) -> Reply<pb::AuthRoleGetResponse> {
+    async fn role_get(
+        &self,
+        req: Request<pb::AuthRoleGetRequest>,
+    ) -> Reply<pb::AuthRoleGetResponse> {
         let caller = self.shared.caller(req.metadata()).await?;
         let r = req.into_inner();
         if let Some(c) = caller
@@ -244,7 +271,10 @@ impl Auth for AuthService {
         }))
     }
 
-    async fn role_list(&self, req: Request<pb::AuthRoleListRequest>) -> Reply<pb::AuthRoleListResponse> {
+    async fn role_list(
+        &self,
+        req: Request<pb::AuthRoleListRequest>,
+    ) -> Reply<pb::AuthRoleListResponse> {
         self.shared.require_admin(req.metadata()).await?;
         Ok(Response::new(pb::AuthRoleListResponse {
             header: self.shared.current_header(),

@@ -8,11 +8,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::error::AuthError;
 use crate::mvcc::Compact;
 use crate::mvcc::request::{self as t, SortOrder, SortTarget};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::kv_server::Kv;
-use crate::error::AuthError;
 use crate::server::{SharedRef, auth, convert};
 
 pub struct KvService {

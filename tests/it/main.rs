@@ -5,6 +5,7 @@
 mod dbs;
 mod harness;
 
+mod auth;
 mod bad_input;
 mod differential;
 mod etcdctl;
