@@ -85,6 +85,17 @@ pub struct Config {
     #[arg(long, env = "KOINE_KEY_CACHE_BYTES", default_value_t = 64 << 20)]
     pub key_cache_bytes: usize,
 
+    /// Largest database size in bytes before the NOSPACE alarm stops writes
+    /// that add data (etcd's flag: 0 is its default, 2 GiB; negative turns
+    /// the quota off).
+    #[arg(
+        long,
+        env = "KOINE_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
+
     /// Seconds an auth token stays valid after its last use (etcd's
     /// `--auth-token-ttl`).
     #[arg(long, env = "KOINE_AUTH_TOKEN_TTL", default_value_t = 300)]

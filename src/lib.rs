@@ -12,6 +12,7 @@
 //! The crate's interface is [`run`], [`config`], [`proto`] and [`bench`];
 //! everything else is private to it.
 
+mod alarm;
 mod auth;
 pub mod bench;
 pub mod config;
@@ -92,9 +93,18 @@ pub async fn run(
         max_txn_ops: config.max_txn_ops,
         max_request_bytes: config.max_request_bytes,
     };
+    let alarms = alarm::Alarms::start(
+        db.clone(),
+        store.clone(),
+        config.quota_backend_bytes,
+        identity.member_id,
+        cancel.clone(),
+    )
+    .await?;
     let shared = Arc::new(Shared {
         store,
         auth,
+        alarms,
         identity,
         limits,
         watch: server::watch::WatchConfig {

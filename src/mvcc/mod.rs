@@ -294,6 +294,11 @@ impl Store {
         self.bounded(self.db.cluster_id()).await
     }
 
+    /// etcd's Defragment: the database gives freed space back.
+    pub async fn defragment(&self) -> Result<()> {
+        self.db.defragment().await
+    }
+
     /// A lease and its keys (TimeToLive).
     pub async fn lease(&self, id: LeaseId) -> Result<LeaseInfo> {
         self.bounded(async {

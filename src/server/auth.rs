@@ -72,6 +72,25 @@ pub fn check_txn(c: &Caller, t: &pb::TxnRequest) -> Result<(), Status> {
     Ok(())
 }
 
+/// What a write adds, for the quota (etcd's cost: the keys and values it
+/// puts; a Txn the larger of its branches).
+pub fn put_cost(r: &pb::PutRequest) -> usize {
+    r.key.len() + r.value.len() + 64
+}
+
+pub fn txn_cost(t: &pb::TxnRequest) -> usize {
+    let branch = |ops: &[pb::RequestOp]| -> usize {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(Op::RequestPut(p)) => put_cost(p),
+                Some(Op::RequestTxn(t)) => txn_cost(t),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&t.success).max(branch(&t.failure))
+}
+
 fn permit(ok: bool) -> Result<(), Status> {
     if ok {
         Ok(())

@@ -172,6 +172,7 @@ impl Kv for KvService {
         let s = &self.shared;
         let (md, _, req) = req.into_parts();
         s.limits.check_size(&req)?;
+        s.check_space(auth::put_cost(&req)).await?;
         if let Some(c) = s.caller(&md).await? {
             auth::check_put(&c, &req)?;
             if req.lease != 0 {
@@ -194,6 +195,7 @@ impl Kv for KvService {
         let s = &self.shared;
         let (md, _, req) = req.into_parts();
         s.limits.check_size(&req)?;
+        s.check_space(0).await?;
         if let Some(c) = s.caller(&md).await? {
             auth::check_delete(&c, &req)?;
         }
@@ -205,6 +207,7 @@ impl Kv for KvService {
         let s = &self.shared;
         let (md, _, req) = req.into_parts();
         s.limits.check_size(&req)?;
+        s.check_space(auth::txn_cost(&req)).await?;
         if let Some(c) = s.caller(&md).await? {
             auth::check_txn(&c, &req)?;
         }
@@ -220,6 +223,7 @@ impl Kv for KvService {
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let s = &self.shared;
+        s.check_space(0).await?;
         s.require_admin(req.metadata()).await?;
         let req = req.into_inner();
         let (_, rev) = s

@@ -33,6 +33,8 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let s = &self.shared;
+        // etcd's lease overhead counts against the quota.
+        s.check_space(64).await?;
         let req = req.into_inner();
         let id = if req.id == 0 { new_lease_id() } else { req.id };
         let (granted, rev) = s.store.write(Grant { id, ttl: req.ttl }).await?;
@@ -50,6 +52,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let s = &self.shared;
         let (md, _, req) = req.into_parts();
+        s.check_space(0).await?;
         let id = req.id;
         if let Some(c) = s.caller(&md).await? {
             // etcd: revoking deletes the lease's keys, so each must be

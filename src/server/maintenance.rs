@@ -22,13 +22,42 @@ type SnapshotStream =
 impl Maintenance for MaintenanceService {
     async fn alarm(
         &self,
-        _req: Request<pb::AlarmRequest>,
+        req: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
-        // Koine raises no alarms: the database enforces its own space limits.
-        let meta = self.shared.store.meta().await?;
+        use pb::alarm_request::AlarmAction;
+        let s = &self.shared;
+        let r = req.into_inner();
+        let member = |a: crate::sql::AlarmRow| pb::AlarmMember {
+            member_id: a.member_id as u64,
+            alarm: a.alarm as i32,
+        };
+        let row = crate::sql::AlarmRow {
+            member_id: r.member_id as i64,
+            alarm: r.alarm as i64,
+        };
+        let alarms = match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Get) => s.alarms.list(row.alarm).into_iter().map(member).collect(),
+            // Raising NONE does nothing (etcd).
+            Ok(AlarmAction::Activate) if row.alarm == crate::alarm::NONE => Vec::new(),
+            Ok(AlarmAction::Activate) => s
+                .alarms
+                .set(true, row)
+                .await?
+                .into_iter()
+                .map(member)
+                .collect(),
+            Ok(AlarmAction::Deactivate) => s
+                .alarms
+                .set(false, row)
+                .await?
+                .into_iter()
+                .map(member)
+                .collect(),
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
         Ok(Response::new(pb::AlarmResponse {
-            header: self.shared.header(meta.revision),
-            alarms: Vec::new(),
+            header: s.current_header(),
+            alarms,
         }))
     }
 
@@ -59,7 +88,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         // Admin-only under auth, as etcd.
         self.shared.require_admin(req.metadata()).await?;
-        // The database manages its own free space; nothing to do.
+        self.shared.store.defragment().await?;
         let meta = self.shared.store.meta().await?;
         Ok(Response::new(pb::DefragmentResponse {
             header: self.shared.header(meta.revision),
@@ -101,7 +130,16 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         // Admin-only under auth, as etcd.
         self.shared.require_admin(req.metadata()).await?;
-        Err(unimplemented("MoveLeader"))
+        // One member, always the leader: moving to itself succeeds (etcd on
+        // one member does the same), anything else is not a member.
+        if req.into_inner().target_id != self.shared.identity.member_id {
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: self.shared.current_header(),
+        }))
     }
 
     async fn downgrade(

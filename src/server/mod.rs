@@ -75,6 +75,7 @@ pub struct Identity {
 pub struct Shared {
     pub store: Store,
     pub auth: crate::auth::AuthRef,
+    pub alarms: crate::alarm::AlarmsRef,
     pub identity: Identity,
     pub limits: Limits,
     pub watch: watch::WatchConfig,
@@ -102,6 +103,19 @@ impl Shared {
             Some(c) if !c.is_admin() => Err(crate::error::AuthError::PermissionDenied.into()),
             _ => Ok(()),
         }
+    }
+
+    /// etcd's alarm and quota checks before a write adding about `cost`
+    /// bytes (0: a write that adds nothing, a delete or a compaction):
+    /// CORRUPT stops every write, NOSPACE (or the quota) those that add.
+    pub async fn check_space(&self, cost: usize) -> Result<(), Status> {
+        if self.alarms.is_raised(crate::alarm::CORRUPT) {
+            return Err(Status::data_loss(crate::error::text::CORRUPT));
+        }
+        if cost > 0 && !self.alarms.admits(cost).await {
+            return Err(Status::resource_exhausted(crate::error::text::NO_SPACE));
+        }
+        Ok(())
     }
 
     /// A header at the newest revision this instance has published.

@@ -64,6 +64,9 @@ pub struct DialectSql {
     /// key at or below `?` (the compact revision).
     pub compact_superseded: &'static str,
     /// The database's size in bytes.
+    /// Gives freed space back (etcd's Defragment): run outside any
+    /// transaction, on the writer's connection.
+    pub defragment: &'static str,
     pub db_size: &'static str,
     /// Sent in each write transaction that made a revision, so other
     /// instances wake at commit (`?`: the revision); `None`: they poll.

@@ -230,6 +230,12 @@ impl Pool {
         }
     }
 
+    /// Runs `sql` (statements separated by `;`) outside any transaction.
+    pub async fn run(&self, sql: &'static str, d: &dyn Dialect) -> Result<()> {
+        let mut conn = self.acquire(d).await?;
+        conn.control(sql).await.map_err(|e| d.error(e))
+    }
+
     pub async fn close(&self) {
         match self {
             Pool::Sqlite(p) => p.close().await,

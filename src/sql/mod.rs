@@ -121,6 +121,22 @@ impl FromRow for AuthRow {
     }
 }
 
+/// A raised alarm: the member that raised it and etcd's alarm type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AlarmRow {
+    pub member_id: i64,
+    pub alarm: i64,
+}
+
+impl FromRow for AlarmRow {
+    fn from_row(r: &dyn Row) -> Result<AlarmRow> {
+        Ok(AlarmRow {
+            member_id: r.i64(0)?,
+            alarm: r.i64(1)?,
+        })
+    }
+}
+
 /// A token's user and the milliseconds it has left (database clock).
 struct TokenRow(Bytes, i64);
 
@@ -307,6 +323,21 @@ impl Db {
         one(self.fetch(Q::AuthRead, &[]).await?, "koine_auth")
     }
 
+    /// The raised alarms.
+    pub async fn alarms(&self) -> Result<Vec<AlarmRow>> {
+        self.fetch(Q::AlarmList, &[]).await
+    }
+
+    /// etcd's Defragment: gives freed space back to the file system
+    /// (SQLite VACUUM, PostgreSQL VACUUM FULL, MySQL OPTIMIZE TABLE). It
+    /// takes the writer's connection (SQLite) or the tables' locks, so
+    /// writes wait meanwhile, as they do for etcd's.
+    pub async fn defragment(&self) -> Result<()> {
+        self.write
+            .run(self.dialect.sql().defragment, &*self.dialect)
+            .await
+    }
+
     /// The auth store's revision alone (polled to notice other instances'
     /// changes).
     pub async fn auth_revision(&self) -> Result<i64> {
@@ -470,6 +501,23 @@ impl DbTx {
             ],
         )
         .await?;
+        Ok(())
+    }
+
+    /// The raised alarms, inside this transaction.
+    pub async fn alarms(&mut self) -> Result<Vec<AlarmRow>> {
+        self.fetch(Q::AlarmList, &[]).await
+    }
+
+    pub async fn alarm_insert(&mut self, a: AlarmRow) -> Result<()> {
+        self.exec(Q::AlarmInsert, &[Arg::I64(a.member_id), Arg::I64(a.alarm)])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn alarm_delete(&mut self, a: AlarmRow) -> Result<()> {
+        self.exec(Q::AlarmDelete, &[Arg::I64(a.member_id), Arg::I64(a.alarm)])
+            .await?;
         Ok(())
     }
 

@@ -33,6 +33,7 @@ pub const SQL: DialectSql = DialectSql {
     compact_superseded: "DELETE l FROM koine_log l JOIN koine_log n ON n.k = l.k \
         AND n.revision > l.revision WHERE l.revision >= ? AND l.revision < ? \
         AND n.revision <= ?",
+    defragment: "OPTIMIZE TABLE koine_log, koine_kv, koine_batch, koine_lease, koine_auth_token",
     db_size: "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS SIGNED) \
         FROM information_schema.tables WHERE table_schema = DATABASE()",
     notify: None,

@@ -55,6 +55,9 @@ pub enum Q {
     TokenDeleteUser,
     TokenDeleteAll,
     TokenPrune,
+    AlarmList,
+    AlarmInsert,
+    AlarmDelete,
 }
 
 const KV_FIELDS: &str = "k, create_revision, mod_revision, version, lease, value";
@@ -293,6 +296,18 @@ impl Queries {
                 "DELETE FROM koine_auth_token WHERE username = ?".into(),
             ),
             (Q::TokenDeleteAll, "DELETE FROM koine_auth_token".into()),
+            (
+                Q::AlarmList,
+                "SELECT member_id, alarm FROM koine_alarm ORDER BY member_id, alarm".into(),
+            ),
+            (
+                Q::AlarmInsert,
+                "INSERT INTO koine_alarm (member_id, alarm) VALUES (?, ?)".into(),
+            ),
+            (
+                Q::AlarmDelete,
+                "DELETE FROM koine_alarm WHERE member_id = ? AND alarm = ?".into(),
+            ),
             (
                 Q::TokenPrune,
                 format!("DELETE FROM koine_auth_token WHERE expires_at <= {now_ms}"),

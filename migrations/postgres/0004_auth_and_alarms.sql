@@ -1,4 +1,4 @@
--- etcd's auth store (see migrations/sqlite/0005_auth.sql).
+-- etcd's auth store (see migrations/sqlite/0005_auth_and_alarms.sql).
 CREATE TABLE koine_auth (
     id INT PRIMARY KEY,
     revision BIGINT NOT NULL,
@@ -11,4 +11,10 @@ CREATE TABLE koine_auth_token (
     token BYTEA PRIMARY KEY,
     username BYTEA NOT NULL,
     expires_at BIGINT NOT NULL
+);
+
+CREATE TABLE koine_alarm (
+    member_id BIGINT NOT NULL,
+    alarm BIGINT NOT NULL,
+    PRIMARY KEY (member_id, alarm)
 );

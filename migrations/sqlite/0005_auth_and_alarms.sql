@@ -20,3 +20,12 @@ CREATE TABLE koine_auth_token (
     username BLOB NOT NULL,
     expires_at INTEGER NOT NULL
 );
+
+-- etcd's alarms (NOSPACE, CORRUPT), one row per raised alarm, shared by
+-- every instance: while NOSPACE is raised no instance takes writes that
+-- add data.
+CREATE TABLE koine_alarm (
+    member_id INTEGER NOT NULL,
+    alarm INTEGER NOT NULL,
+    PRIMARY KEY (member_id, alarm)
+);

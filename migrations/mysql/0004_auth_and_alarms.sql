@@ -1,4 +1,4 @@
--- etcd's auth store (see migrations/sqlite/0005_auth.sql).
+-- etcd's auth store (see migrations/sqlite/0005_auth_and_alarms.sql).
 CREATE TABLE koine_auth (
     id INT NOT NULL PRIMARY KEY,
     revision BIGINT NOT NULL,
@@ -11,4 +11,10 @@ CREATE TABLE koine_auth_token (
     token VARBINARY(64) NOT NULL PRIMARY KEY,
     username VARBINARY(3000) NOT NULL,
     expires_at BIGINT NOT NULL
+) ENGINE = InnoDB;
+
+CREATE TABLE koine_alarm (
+    member_id BIGINT NOT NULL,
+    alarm BIGINT NOT NULL,
+    PRIMARY KEY (member_id, alarm)
 ) ENGINE = InnoDB;
