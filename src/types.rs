@@ -88,3 +88,58 @@ impl KeyRange {
         key >= self.start.as_ref() && self.end.as_ref().is_none_or(|end| key < end.as_ref())
     }
 }
+
+/// CRC-32C (Castagnoli), the checksum etcd's hashes use.
+pub struct Crc32c(u32);
+
+impl Crc32c {
+    const TABLE: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    0x82F6_3B78 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    };
+
+    pub fn new() -> Crc32c {
+        Crc32c(!0)
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 = Self::TABLE[((self.0 ^ b as u32) & 0xff) as usize] ^ (self.0 >> 8);
+        }
+    }
+
+    pub fn finish(&self) -> u32 {
+        !self.0
+    }
+}
+
+impl Default for Crc32c {
+    fn default() -> Self {
+        Crc32c::new()
+    }
+}
+
+#[cfg(test)]
+mod crc_tests {
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        let mut c = super::Crc32c::new();
+        c.update(b"123456789");
+        assert_eq!(c.finish(), 0xE306_9283);
+    }
+}

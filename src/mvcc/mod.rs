@@ -294,6 +294,62 @@ impl Store {
         self.bounded(self.db.cluster_id()).await
     }
 
+    /// etcd's HashKV: a CRC-32C of the history up to `revision` (0: the
+    /// current one) as compaction leaves it, read in one snapshot, so every
+    /// instance on one database answers the same for the same revision and
+    /// compact revision. Returns the hash, the compact revision (-1 before
+    /// the first compaction, as etcd) and the revision hashed.
+    pub async fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision)> {
+        const PAGE: i64 = 1000;
+        let mut tx = self.db.begin_read().await?;
+        let meta = tx.read_meta().await?;
+        let upto = if revision <= 0 {
+            meta.revision
+        } else {
+            revision
+        };
+        if upto > meta.revision {
+            return Err(Error::FutureRevision {
+                required: upto,
+                current: meta.revision,
+            });
+        }
+        if upto < meta.compact_revision {
+            return Err(Error::Compacted {
+                required: upto,
+                compacted: meta.compact_revision,
+            });
+        }
+        let mut crc = crate::types::Crc32c::new();
+        let mut after = (0, -1);
+        loop {
+            let rows = tx
+                .hash_page(upto, meta.compact_revision, after, PAGE)
+                .await?;
+            for r in &rows {
+                for n in [r.revision, r.sub, r.create_revision, r.version, r.lease] {
+                    crc.update(&n.to_be_bytes());
+                }
+                crc.update(&[r.deleted as u8]);
+                for b in [&r.key, &r.value] {
+                    crc.update(&(b.len() as u64).to_be_bytes());
+                    crc.update(b);
+                }
+            }
+            match rows.last() {
+                Some(r) if rows.len() as i64 == PAGE => after = (r.revision, r.sub),
+                _ => break,
+            }
+        }
+        tx.commit().await?;
+        let compact = if meta.compact_revision > 0 {
+            meta.compact_revision
+        } else {
+            -1
+        };
+        Ok((crc.finish(), compact, upto))
+    }
+
     /// etcd's Defragment: the database gives freed space back.
     pub async fn defragment(&self) -> Result<()> {
         self.db.defragment().await

@@ -1,5 +1,6 @@
-//! Maintenance service: Status and Alarm (what etcdctl and Kubernetes call);
-//! the rest answers `Unimplemented` with an etcd-style text.
+//! Maintenance service: Status, Alarm, Defragment, Hash, HashKV and
+//! MoveLeader as one etcd member answers them (the admin-only ones checked
+//! under auth); Snapshot and Downgrade answer `Unimplemented`.
 
 use tonic::{Request, Response, Status};
 
@@ -95,13 +96,19 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
+    /// etcd hashes its whole backend file; Koine's "backend" is the key
+    /// history, so Hash is HashKV at the current revision.
     async fn hash(
         &self,
         req: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
         // Admin-only under auth, as etcd.
         self.shared.require_admin(req.metadata()).await?;
-        Err(unimplemented("Hash"))
+        let (hash, _, rev) = self.shared.store.hash_kv(0).await?;
+        Ok(Response::new(pb::HashResponse {
+            header: self.shared.header(rev),
+            hash,
+        }))
     }
 
     async fn hash_kv(
@@ -110,7 +117,15 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         // Admin-only under auth, as etcd.
         self.shared.require_admin(req.metadata()).await?;
-        Err(unimplemented("HashKV"))
+        let revision = req.into_inner().revision;
+        let (hash, compact_revision, hash_revision) = self.shared.store.hash_kv(revision).await?;
+        let current = self.shared.store.meta().await?.revision;
+        Ok(Response::new(pb::HashKvResponse {
+            header: self.shared.header(current),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;

@@ -121,6 +121,34 @@ impl FromRow for AuthRow {
     }
 }
 
+/// One logged change as a hash reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashedRow {
+    pub revision: Revision,
+    pub sub: i64,
+    pub key: Bytes,
+    pub create_revision: Revision,
+    pub version: i64,
+    pub lease: i64,
+    pub value: Bytes,
+    pub deleted: bool,
+}
+
+impl FromRow for HashedRow {
+    fn from_row(r: &dyn Row) -> Result<HashedRow> {
+        Ok(HashedRow {
+            revision: r.i64(0)?,
+            sub: r.i64(1)?,
+            key: r.bytes(2)?,
+            create_revision: r.i64(3)?,
+            version: r.i64(4)?,
+            lease: r.i64(5)?,
+            value: r.bytes(6)?,
+            deleted: r.i64(7)? != 0,
+        })
+    }
+}
+
 /// A raised alarm: the member that raised it and etcd's alarm type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct AlarmRow {
@@ -502,6 +530,30 @@ impl DbTx {
         )
         .await?;
         Ok(())
+    }
+
+    /// Up to `limit` rows of the history up to `upto` as compaction to
+    /// `compact` leaves it, after position `(rev, sub)`, in order.
+    pub async fn hash_page(
+        &mut self,
+        upto: Revision,
+        compact: Revision,
+        after: (Revision, i64),
+        limit: i64,
+    ) -> Result<Vec<HashedRow>> {
+        self.fetch(
+            Q::LogHashPage,
+            &[
+                Arg::I64(upto),
+                Arg::I64(after.0),
+                Arg::I64(after.0),
+                Arg::I64(after.1),
+                Arg::I64(compact),
+                Arg::I64(compact),
+                Arg::I64(limit),
+            ],
+        )
+        .await
     }
 
     /// The raised alarms, inside this transaction.

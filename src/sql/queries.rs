@@ -55,6 +55,7 @@ pub enum Q {
     TokenDeleteUser,
     TokenDeleteAll,
     TokenPrune,
+    LogHashPage,
     AlarmList,
     AlarmInsert,
     AlarmDelete,
@@ -296,6 +297,21 @@ impl Queries {
                 "DELETE FROM koine_auth_token WHERE username = ?".into(),
             ),
             (Q::TokenDeleteAll, "DELETE FROM koine_auth_token".into()),
+            (
+                // The history a hash covers, in (revision, sub) order from
+                // a position on: every row above the compact revision, and
+                // at or below it only each key's newest live row (what
+                // compaction keeps), whether or not physical compaction
+                // has removed the others yet.
+                Q::LogHashPage,
+                "SELECT l.revision, l.sub, l.k, l.create_revision, l.version, l.lease, l.value, \
+                 l.deleted FROM koine_log l WHERE l.revision <= ? \
+                 AND (l.revision > ? OR (l.revision = ? AND l.sub > ?)) \
+                 AND (l.revision > ? OR (l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM koine_log x \
+                 WHERE x.k = l.k AND x.revision > l.revision AND x.revision <= ?))) \
+                 ORDER BY l.revision, l.sub LIMIT ?"
+                    .into(),
+            ),
             (
                 Q::AlarmList,
                 "SELECT member_id, alarm FROM koine_alarm ORDER BY member_id, alarm".into(),

@@ -48,8 +48,43 @@ async fn alarms(
 
 on_every_target!(
     nospace_stops_writes_that_add_data_until_disarmed,
-    move_leader_on_one_member
+    move_leader_on_one_member,
+    hash_kv_is_a_function_of_the_history_up_to_its_revision
 );
+
+/// HashKV(rev) hashes the history up to rev: the same answer however often
+/// it is asked and whatever is written later; a new write changes the
+/// current hash; a future revision is etcd's error. (The values differ from
+/// etcd's, whose hash covers its own encoding; the properties do not.)
+async fn hash_kv_is_a_function_of_the_history_up_to_its_revision(s: Server) {
+    let mut c = s.client().await;
+    let modern = !c.status().await.unwrap().version().starts_with("3.4");
+    c.put("h/a", "1", None).await.unwrap();
+    c.put("h/b", "2", None).await.unwrap();
+    let first = c.hash_kv(0).await.unwrap();
+    let rev = first.header().unwrap().revision();
+    assert_eq!(c.hash_kv(0).await.unwrap().hash(), first.hash());
+    if modern {
+        // etcd 3.5 on: -1 before the first compaction.
+        assert_eq!(first.compact_version(), -1);
+    }
+    c.put("h/a", "3", None).await.unwrap();
+    c.delete("h/b", None).await.unwrap();
+    let now = c.hash_kv(0).await.unwrap();
+    assert_ne!(now.hash(), first.hash(), "a write changes the hash");
+    assert_eq!(
+        c.hash_kv(rev).await.unwrap().hash(),
+        first.hash(),
+        "later writes do not change the hash at an earlier revision"
+    );
+    is(
+        status(c.hash_kv(rev + 100).await.unwrap_err()),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+        ),
+    );
+}
 
 /// A single member is the leader: moving leadership to itself succeeds,
 /// to any other id is etcd's "bad leader transferee".
@@ -206,4 +241,63 @@ async fn quota_fills_and_recovers_postgres() {
     let dsn = crate::dbs::fresh_postgres_dsn().await;
     // An empty PostgreSQL database is about 8 MB of catalogs.
     quota_fills_and_recovers(&dsn, 14 << 20).await;
+}
+
+/// Two instances on one database answer HashKV alike, before and after
+/// compactions, logical and physical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_on_one_database_hash_alike() {
+    let dsn = crate::dbs::fresh_postgres_dsn().await;
+    let a = crate::harness::KoineProcess::start(&dsn, &[]).await;
+    let b = crate::harness::KoineProcess::start(&dsn, &[]).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    for i in 0..50 {
+        let c = if i % 2 == 0 { &mut ca } else { &mut cb };
+        c.put(format!("h/{}", i % 7), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    let mid = ca
+        .get("h/0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    for i in 0..20 {
+        cb.delete(format!("h/{}", i % 5), None).await.unwrap();
+        ca.put(format!("h/x{i}"), "x", None).await.unwrap();
+    }
+    let end = cb
+        .get("h/0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    for rev in [mid, end] {
+        let (ha, hb) = (
+            ca.hash_kv(rev).await.unwrap(),
+            cb.hash_kv(rev).await.unwrap(),
+        );
+        assert_eq!(ha.hash(), hb.hash(), "at revision {rev}");
+    }
+    ca.compact(mid, None).await.unwrap();
+    let (ha, hb) = (
+        ca.hash_kv(end).await.unwrap(),
+        cb.hash_kv(end).await.unwrap(),
+    );
+    assert_eq!((ha.hash(), ha.compact_version()), (hb.hash(), mid));
+    assert_eq!(hb.compact_version(), mid);
+    ca.compact(
+        mid + 5,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .unwrap();
+    let (ha, hb) = (
+        ca.hash_kv(end).await.unwrap(),
+        cb.hash_kv(end).await.unwrap(),
+    );
+    assert_eq!((ha.hash(), ha.compact_version()), (hb.hash(), mid + 5));
 }
