@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/api/mvccpb/kv.proto",
         "proto/etcd/api/authpb/auth.proto",
         "proto/etcd/api/etcdserverpb/rpc.proto",
+        "proto/etcd/server/v3lockpb/v3lock.proto",
+        "proto/etcd/server/v3electionpb/v3election.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
 

@@ -148,6 +148,16 @@ pub async fn run(
     .add_service(AuthServer::new(server::auth::AuthService {
         shared: shared.clone(),
     }))
+    .add_service(proto::v3lockpb::lock_server::LockServer::new(
+        server::lock::LockService {
+            shared: shared.clone(),
+        },
+    ))
+    .add_service(proto::v3electionpb::election_server::ElectionServer::new(
+        server::lock::ElectionService {
+            shared: shared.clone(),
+        },
+    ))
     .add_service(serve::grpc_health().await);
     let refresher = tokio::spawn(server::http::refresh_metrics(
         shared.clone(),
@@ -164,6 +174,8 @@ pub async fn run(
             "etcdserverpb.Maintenance",
             "etcdserverpb.Cluster",
             "etcdserverpb.Auth",
+            "v3lockpb.Lock",
+            "v3electionpb.Election",
             "grpc.health.v1.Health",
         ],
         Some(limits.max_recv_bytes()),

@@ -10,6 +10,12 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
 
 /// Every method of the etcd v3 API and of gRPC health, by service.
 pub const METHODS: &[(&str, &[&str])] = &[
@@ -79,6 +85,11 @@ pub const METHODS: &[(&str, &[&str])] = &[
             "RoleGrantPermission",
             "RoleRevokePermission",
         ],
+    ),
+    ("v3lockpb.Lock", &["Lock", "Unlock"]),
+    (
+        "v3electionpb.Election",
+        &["Campaign", "Proclaim", "Leader", "Observe", "Resign"],
     ),
     ("grpc.health.v1.Health", &["Check", "Watch"]),
 ];

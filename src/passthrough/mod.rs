@@ -55,6 +55,7 @@ pub mod cluster;
 pub mod http;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod relay;
 pub mod upstream;
@@ -130,6 +131,16 @@ pub async fn serve(
         AuthServer::new(auth::AuthProxy { up: up.clone() })
             .max_decoding_message_size(MAX_CLIENT_MESSAGE),
     )
+    .add_service(
+        crate::proto::v3lockpb::lock_server::LockServer::new(lock::LockProxy { up: up.clone() })
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+    )
+    .add_service(
+        crate::proto::v3electionpb::election_server::ElectionServer::new(lock::ElectionProxy {
+            up: up.clone(),
+        })
+        .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+    )
     .add_service(crate::serve::grpc_health().await);
     let routes = tonic::service::Routes::from(crate::serve::with_unknown_routes(
         grpc.into_axum_router()
@@ -141,6 +152,8 @@ pub async fn serve(
             "etcdserverpb.Maintenance",
             "etcdserverpb.Cluster",
             "etcdserverpb.Auth",
+            "v3lockpb.Lock",
+            "v3electionpb.Election",
             "grpc.health.v1.Health",
         ],
         None,

@@ -22,7 +22,7 @@ type KeepAliveStream =
     Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
 
 /// A fresh lease id: positive, random, never 0 ("no lease").
-fn new_lease_id() -> i64 {
+pub(crate) fn new_lease_id() -> i64 {
     (rand::random::<u64>() >> 1).max(1) as i64
 }
 

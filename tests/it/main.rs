@@ -15,6 +15,7 @@ mod ha_demo;
 mod kubernetes;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod model;
 mod ops;
