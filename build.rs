@@ -22,6 +22,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("etcd_descriptor.bin"), fds.encode_to_vec())?;
 
+    // serde for etcd's JSON gateway, with the proto field names (what
+    // etcd's gateway writes: `create_revision`, `dbSize` as declared).
+    pbjson_build::Builder::new()
+        .register_descriptors(&fds.encode_to_vec())?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[
+            ".etcdserverpb",
+            ".mvccpb",
+            ".authpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
+
     tonic_prost_build::configure()
         .bytes(".")
         .build_server(true)

@@ -31,6 +31,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 { [ -x /usr/sbin/mariadbd ] || [ -x /usr/sbin/mysqld ]; } || need+=(mariadb-server)
 python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
 command -v openssl >/dev/null || need+=(openssl)
+# The JSON gateway tests talk to it with curl.
+command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo=""

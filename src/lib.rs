@@ -166,7 +166,8 @@ pub async fn run(
     // gRPC and etcd's plain-HTTP endpoints share the client port.
     let routes = tonic::service::Routes::from(serve::with_unknown_routes(
         grpc.into_axum_router()
-            .merge(server::http::routes(shared.clone())),
+            .merge(server::http::routes(shared.clone()))
+            .merge(server::gateway::routes(shared.clone())),
         &[
             "etcdserverpb.KV",
             "etcdserverpb.Lease",

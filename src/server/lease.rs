@@ -74,48 +74,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let shared = self.shared.clone();
-        tokio::spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    msg = inbound.next() => msg,
-                    _ = shared.shutdown.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable(crate::error::text::STOPPED))).await;
-                        break;
-                    }
-                };
-                let Some(msg) = msg else { break };
-                let reply = match msg {
-                    Ok(m) => match shared.store.write(KeepAlive { id: m.id }).await {
-                        Ok((ttl, rev)) => Ok(pb::LeaseKeepAliveResponse {
-                            header: shared.header(rev),
-                            id: m.id,
-                            ttl,
-                        }),
-                        Err(e) => Err(Status::from(e)),
-                    },
-                    // A message that cannot be decoded or is too large ends
-                    // the stream with that error, as grpc-go ends it.
-                    Err(status) => {
-                        tracing::debug!(%status, "keepalive request unreadable");
-                        let _ = tx
-                            .send(Err(crate::serve::grpc_go_status(
-                                status,
-                                Some(shared.limits.max_recv_bytes()),
-                            )))
-                            .await;
-                        break;
-                    }
-                };
-                let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.keep_alive_session(req.into_inner())))
     }
 
     async fn lease_time_to_live(
@@ -158,5 +117,59 @@ impl Lease for LeaseService {
                 .map(|l| pb::LeaseStatus { id: l.id })
                 .collect(),
         }))
+    }
+}
+
+impl LeaseService {
+    /// Serves one keepalive stream (the gRPC method and the JSON gateway's
+    /// `/v3/lease/keepalive`).
+    pub fn keep_alive_session<S>(&self, mut inbound: S) -> KeepAliveStream
+    where
+        S: futures::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>>
+            + Send
+            + Unpin
+            + 'static,
+    {
+        let (tx, rx) = mpsc::channel(16);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    msg = inbound.next() => msg,
+                    _ = shared.shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable(crate::error::text::STOPPED))).await;
+                        break;
+                    }
+                };
+                let Some(msg) = msg else { break };
+                let reply = match msg {
+                    Ok(m) => match shared.store.write(KeepAlive { id: m.id }).await {
+                        Ok((ttl, rev)) => Ok(pb::LeaseKeepAliveResponse {
+                            header: shared.header(rev),
+                            id: m.id,
+                            ttl,
+                        }),
+                        Err(e) => Err(Status::from(e)),
+                    },
+                    // A message that cannot be decoded or is too large ends
+                    // the stream with that error, as grpc-go ends it.
+                    Err(status) => {
+                        tracing::debug!(%status, "keepalive request unreadable");
+                        let _ = tx
+                            .send(Err(crate::serve::grpc_go_status(
+                                status,
+                                Some(shared.limits.max_recv_bytes()),
+                            )))
+                            .await;
+                        break;
+                    }
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
     }
 }

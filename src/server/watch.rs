@@ -40,7 +40,8 @@ pub struct WatchService {
     pub shared: SharedRef,
 }
 
-type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+pub type WatchResponseStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Watch for WatchService {
@@ -50,17 +51,34 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<WatchResponseStream>, Status> {
+        let metadata = req.metadata().clone();
+        Ok(Response::new(self.session(metadata, req.into_inner())))
+    }
+}
+
+impl WatchService {
+    /// Serves one watch stream: the requests of `inbound` (sent with the
+    /// headers `metadata`), answered on the returned stream. The gRPC
+    /// method and the JSON gateway's `/v3/watch` both come here.
+    pub fn session<S>(
+        &self,
+        metadata: tonic::metadata::MetadataMap,
+        inbound: S,
+    ) -> WatchResponseStream
+    where
+        S: Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static,
+    {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let stream = Session {
-            metadata: req.metadata().clone(),
+            metadata,
             watchers: self.shared.store.watch_stream(),
             shared: self.shared.clone(),
             out: tx,
             wants: Default::default(),
             progress_pending: false,
         };
-        tokio::spawn(stream.run(req.into_inner()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        tokio::spawn(stream.run(inbound));
+        Box::pin(ReceiverStream::new(rx))
     }
 }
 
@@ -88,7 +106,10 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>) {
+    async fn run<S>(mut self, mut inbound: S)
+    where
+        S: Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static,
+    {
         let mut latest = self.watchers.subscribe();
         let shutdown = self.shared.shutdown.clone();
         let every = self.shared.watch.progress_interval;

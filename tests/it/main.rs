@@ -10,6 +10,7 @@ mod bad_input;
 mod differential;
 mod etcdctl;
 mod faults;
+mod gateway;
 mod ha;
 mod ha_demo;
 mod kubernetes;
