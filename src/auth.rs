@@ -501,12 +501,101 @@ fn covers(mut ivs: Vec<(Vec<u8>, Option<Vec<u8>>)>, want: (Vec<u8>, Option<Vec<u
     false
 }
 
+/// etcd's `--auth-token`: simple tokens (stored, shared by instances) or
+/// signed JWTs (any instance with the key verifies them; nothing stored).
+pub enum TokenKind {
+    Simple,
+    Jwt(Box<Jwt>),
+}
+
+pub struct Jwt {
+    alg: jsonwebtoken::Algorithm,
+    signing: Option<jsonwebtoken::EncodingKey>,
+    verifying: jsonwebtoken::DecodingKey,
+    ttl: Duration,
+}
+
+/// etcd's JWT claims.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Claims {
+    username: String,
+    revision: u64,
+    exp: u64,
+}
+
+impl TokenKind {
+    /// Parses etcd's `--auth-token` value.
+    pub fn parse(spec: &str) -> anyhow::Result<TokenKind> {
+        use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+        let mut parts = spec.split(',');
+        match parts.next().unwrap_or("") {
+            "simple" if spec == "simple" => return Ok(TokenKind::Simple),
+            "jwt" => {}
+            other => anyhow::bail!("--auth-token: unknown token type {other:?} (simple or jwt)"),
+        }
+        let (mut public, mut private, mut method, mut ttl) =
+            (None, None, None, Duration::from_secs(300));
+        for opt in parts {
+            let (k, v) = opt
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--auth-token: {opt:?} is not key=value"))?;
+            match k {
+                "pub-key" => public = Some(std::fs::read(v)?),
+                "priv-key" => private = Some(std::fs::read(v)?),
+                "sign-method" => method = Some(v.to_string()),
+                "ttl" => ttl = humantime::parse_duration(v)?,
+                other => anyhow::bail!("--auth-token: unknown option {other:?}"),
+            }
+        }
+        let method = method.ok_or_else(|| anyhow::anyhow!("--auth-token jwt needs sign-method"))?;
+        let alg: Algorithm = method
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--auth-token: unknown sign-method {method:?}"))?;
+        let (signing, verifying) = match alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                let secret = private
+                    .ok_or_else(|| anyhow::anyhow!("--auth-token: {method} needs priv-key"))?;
+                (
+                    Some(EncodingKey::from_secret(&secret)),
+                    DecodingKey::from_secret(&secret),
+                )
+            }
+            Algorithm::ES256 | Algorithm::ES384 => {
+                let public = public
+                    .ok_or_else(|| anyhow::anyhow!("--auth-token: {method} needs pub-key"))?;
+                (
+                    private.map(|p| EncodingKey::from_ec_pem(&p)).transpose()?,
+                    DecodingKey::from_ec_pem(&public)?,
+                )
+            }
+            Algorithm::EdDSA => {
+                anyhow::bail!("--auth-token: sign-method {method} is not supported")
+            }
+            _ => {
+                let public = public
+                    .ok_or_else(|| anyhow::anyhow!("--auth-token: {method} needs pub-key"))?;
+                (
+                    private.map(|p| EncodingKey::from_rsa_pem(&p)).transpose()?,
+                    DecodingKey::from_rsa_pem(&public)?,
+                )
+            }
+        };
+        Ok(TokenKind::Jwt(Box::new(Jwt {
+            alg,
+            signing,
+            verifying,
+            ttl,
+        })))
+    }
+}
+
 /// The auth store of one Koine instance.
 pub struct Auth {
     db: Db,
     store: Store,
     state: RwLock<Arc<State>>,
     tokens: Mutex<HashMap<String, Known>>,
+    kind: TokenKind,
     ttl: Duration,
     bcrypt_cost: u32,
     serial: AtomicU64,
@@ -519,6 +608,7 @@ impl Auth {
     pub async fn start(
         db: Db,
         store: Store,
+        kind: TokenKind,
         ttl: Duration,
         bcrypt_cost: u32,
         cancel: CancellationToken,
@@ -529,6 +619,7 @@ impl Auth {
             store,
             state: RwLock::new(Arc::new(state)),
             tokens: Mutex::new(HashMap::new()),
+            kind,
             ttl,
             bcrypt_cost,
             serial: AtomicU64::new(1),
@@ -609,6 +700,22 @@ impl Auth {
         if !ok {
             return Err(Error::Auth(AuthError::AuthFailed));
         }
+        if let TokenKind::Jwt(jwt) = &self.kind {
+            let key = jwt.signing.as_ref().ok_or_else(|| {
+                Error::Internal("this instance has no priv-key to sign tokens with".into())
+            })?;
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                + jwt.ttl;
+            let claims = Claims {
+                username: user.to_string(),
+                revision: st.revision as u64,
+                exp: exp.as_secs(),
+            };
+            return jsonwebtoken::encode(&jsonwebtoken::Header::new(jwt.alg), &claims, key)
+                .map_err(|e| Error::Internal(format!("signing a token: {e}")));
+        }
         // etcd's simple token: 16 random letters, a dot and a serial.
         let letters: String = (0..16)
             .map(|_| {
@@ -681,6 +788,12 @@ impl Auth {
     }
 
     async fn user_of(&self, token: &str, st: &State) -> Result<String> {
+        if let TokenKind::Jwt(jwt) = &self.kind {
+            let v = jsonwebtoken::Validation::new(jwt.alg);
+            return jsonwebtoken::decode::<Claims>(token, &jwt.verifying, &v)
+                .map(|t| t.claims.username)
+                .map_err(|_| Error::Auth(AuthError::InvalidToken));
+        }
         let now = Instant::now();
         let touch = {
             let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());

@@ -96,6 +96,14 @@ pub struct Config {
     )]
     pub quota_backend_bytes: i64,
 
+    /// Kind of auth token (etcd's flag): `simple`, or
+    /// `jwt,pub-key=<PEM file>,priv-key=<PEM file>,sign-method=<RS256|RS384|
+    /// RS512|PS256|PS384|PS512|ES256|ES384|HS256|HS384|HS512>[,ttl=5m]`
+    /// (HS* read the shared secret from `priv-key`; without `priv-key` this
+    /// instance verifies tokens but does not hand them out).
+    #[arg(long, env = "KOINE_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+
     /// Seconds an auth token stays valid after its last use (etcd's
     /// `--auth-token-ttl`).
     #[arg(long, env = "KOINE_AUTH_TOKEN_TTL", default_value_t = 300)]

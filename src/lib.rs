@@ -48,6 +48,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Flags are checked before any connection is made.
     config.check_files()?;
+    let token_kind = auth::TokenKind::parse(&config.auth_token)?;
     let tls = serve::server_tls(&config)?;
     let db = match config.storage()? {
         Endpoint::Sqlite(cfg) => sql::sqlite::connect(&cfg).await?,
@@ -76,6 +77,7 @@ pub async fn run(
     let auth = auth::Auth::start(
         db.clone(),
         store.clone(),
+        token_kind,
         Duration::from_secs(config.auth_token_ttl.max(1)),
         config.bcrypt_cost,
         cancel.clone(),

@@ -477,3 +477,100 @@ async fn instances_on_one_database_share_users_roles_and_tokens() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `--auth-token jwt,...`: tokens are JWTs signed with the key from a file
+/// (etcd's claims: username, revision, exp), verified by any instance that
+/// has the public key, so they need no shared state; a token whose
+/// signature does not verify is etcd's "invalid auth token".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_tokens_are_signed_and_verified_by_every_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = (dir.path().join("jwt.key"), dir.path().join("jwt.pub"));
+    let ok = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&private)
+        .arg("2048")
+        .output()
+        .unwrap()
+        .status
+        .success()
+        && std::process::Command::new("openssl")
+            .args(["rsa", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .output()
+            .unwrap()
+            .status
+            .success();
+    assert!(ok, "openssl could not make a key pair");
+    let flag = format!(
+        "jwt,pub-key={},priv-key={},sign-method=RS256,ttl=10m",
+        public.display(),
+        private.display()
+    );
+    let dsn = crate::dbs::fresh_postgres_dsn().await;
+    let a = KoineProcess::start(&dsn, &["--auth-token", &flag]).await;
+    let b = KoineProcess::start(&dsn, &["--auth-token", &flag]).await;
+    let mut ca = a.client().await;
+    setup(&mut ca).await;
+    let mut auth = koine::proto::etcdserverpb::auth_client::AuthClient::connect(a.endpoint.clone())
+        .await
+        .unwrap();
+    let token = auth
+        .authenticate(koine::proto::etcdserverpb::AuthenticateRequest {
+            name: "alice".into(),
+            password: "alicepw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token}");
+    let mut kv_b = koine::proto::etcdserverpb::kv_client::KvClient::connect(b.endpoint.clone())
+        .await
+        .unwrap();
+    let get = |token: &str| {
+        let mut req = tonic::Request::new(koine::proto::etcdserverpb::RangeRequest {
+            key: "/a".into(),
+            ..Default::default()
+        });
+        req.metadata_mut().insert("token", token.parse().unwrap());
+        req
+    };
+    // B learns that auth is on within a second, then takes A's token.
+    let mut cb = b.client().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cb.get("/a", None).await.is_ok() {
+        assert!(Instant::now() < deadline, "B never saw auth enabled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        match kv_b.range(get(&token)).await {
+            Ok(r) => {
+                assert_eq!(r.into_inner().kvs.len(), 1);
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One character of the signature changed (not the last: its low bits
+    // are padding).
+    let mut forged: Vec<char> = token.chars().collect();
+    let at = forged.len() - 20;
+    forged[at] = if forged[at] == 'A' { 'B' } else { 'A' };
+    let forged: String = forged.into_iter().collect();
+    let e = kv_b.range(get(&forged)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::Unauthenticated, "etcdserver: invalid auth token")
+    );
+    // The etcd-client crate logs in with the same JWTs.
+    let mut alice = login(&b.endpoint, "alice", "alicepw").await.unwrap();
+    alice.put("/p/jwt", "1", None).await.unwrap();
+    is(
+        status(alice.get("/secret", None).await.unwrap_err()),
+        DENIED,
+    );
+}
