@@ -764,14 +764,31 @@ impl Auth {
             .or_else(|| md.get("authorization"))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let Some(token) = token else {
-            return Err(Error::Auth(AuthError::UserEmpty));
+        let from_token = token.is_some();
+        let user = match token {
+            Some(token) => self.user_of(&token, &st).await?,
+            // etcd: without a token, the common name of the client's
+            // verified TLS certificate is the user.
+            None => match md
+                .get(crate::serve::CERT_USER_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(cn) => cn.to_string(),
+                None => return Err(Error::Auth(AuthError::UserEmpty)),
+            },
         };
-        let user = self.user_of(&token, &st).await?;
-        let u = st
-            .users
-            .get(&user)
-            .ok_or(Error::Auth(AuthError::InvalidToken))?;
+        let Some(u) = st.users.get(&user) else {
+            if from_token {
+                return Err(Error::Auth(AuthError::InvalidToken));
+            }
+            // A certificate's user that does not exist may do nothing.
+            return Ok(Some(Caller {
+                user,
+                roles: Vec::new(),
+                admin: false,
+                perms: Vec::new(),
+            }));
+        };
         let perms = u
             .roles
             .iter()
@@ -881,6 +898,68 @@ mod tests {
         assert!(c.may(false, b"/zz", b"\0"), "open-ended to the end");
         assert!(!c.may(false, b"/y", b"\0"));
         assert!(!c.may(false, b"", b"\0"));
+    }
+
+    #[test]
+    fn the_common_name_is_read_from_the_subject_not_the_issuer() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let ok = std::process::Command::new("openssl")
+                .current_dir(dir.path())
+                .args(args)
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "openssl {args:?}");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/O=Org/CN=the-ca",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "c.key",
+            "-out",
+            "c.csr",
+            "-subj",
+            "/C=DE/O=Koine/CN=alice",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "c.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "c.der",
+            "-outform",
+            "DER",
+            "-days",
+            "1",
+        ]);
+        let der = std::fs::read(dir.path().join("c.der")).unwrap();
+        assert_eq!(crate::serve::common_name(&der).as_deref(), Some("alice"));
+        assert_eq!(crate::serve::common_name(&der[..40]), None);
     }
 
     #[test]

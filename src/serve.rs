@@ -59,6 +59,7 @@ pub async fn serve_routes(
     }
     let router = builder
         .layer(GrpcMetricsLayer { metrics })
+        .layer(CertUserLayer)
         .add_routes(routes);
     let stop = cancel.clone();
     let shutdown = async move {
@@ -267,4 +268,102 @@ pub fn prometheus(metrics: &Metrics) -> Response {
         metrics.render(),
     )
         .into_response()
+}
+
+/// The request header that carries the common name of the client's TLS
+/// certificate to the auth checks (etcd uses it as the user when a request
+/// has no token). Set only here, from the verified TLS session; a client's
+/// own header of that name is removed first.
+pub const CERT_USER_HEADER: &str = "koine-internal-cert-cn";
+
+#[derive(Clone, Copy)]
+struct CertUserLayer;
+
+impl<S> tower::Layer<S> for CertUserLayer {
+    type Service = CertUser<S>;
+    fn layer(&self, inner: S) -> CertUser<S> {
+        CertUser(inner)
+    }
+}
+
+#[derive(Clone)]
+struct CertUser<S>(S);
+
+impl<S, B> tower::Service<http::Request<B>> for CertUser<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+        req.headers_mut().remove(CERT_USER_HEADER);
+        let cn = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs())
+            .and_then(|chain| chain.first().and_then(|c| common_name(c.as_ref())));
+        if let Some(v) = cn.and_then(|cn| http::HeaderValue::from_str(&cn).ok()) {
+            req.headers_mut().insert(CERT_USER_HEADER, v);
+        }
+        self.0.call(req)
+    }
+}
+
+/// One DER element: its tag, its contents and what follows it.
+fn der(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = buf.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The subject common name of an X.509 certificate (DER).
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    const SEQUENCE: u8 = 0x30;
+    const CN: &[u8] = &[0x55, 0x04, 0x03]; // 2.5.4.3
+    let (_, cert, _) = der(cert).filter(|(t, _, _)| *t == SEQUENCE)?;
+    let (_, tbs, _) = der(cert).filter(|(t, _, _)| *t == SEQUENCE)?;
+    // version [0] (optional), serial, signature, issuer, validity, subject
+    let mut rest = tbs;
+    let (tag, _, after) = der(rest)?;
+    if tag == 0xa0 {
+        rest = after;
+    }
+    for _ in 0..4 {
+        rest = der(rest)?.2;
+    }
+    let (_, subject, _) = der(rest).filter(|(t, _, _)| *t == SEQUENCE)?;
+    let mut rdns = subject;
+    while let Some((_, set, next)) = der(rdns) {
+        let mut atvs = set;
+        while let Some((_, atv, more)) = der(atvs) {
+            let (_, oid, value) = der(atv)?;
+            if oid == CN {
+                let (_, text, _) = der(value)?;
+                return String::from_utf8(text.to_vec()).ok();
+            }
+            atvs = more;
+        }
+        rdns = next;
+    }
+    None
 }

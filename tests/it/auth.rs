@@ -343,6 +343,13 @@ async fn permissions_are_enforced_as_etcd(s: Server) {
         r.cancel_reason(),
         "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
     );
+    // A range only partly readable is refused as a whole.
+    let mut w = alice
+        .watch("/a", Some(WatchOptions::new().with_range("/d")))
+        .await
+        .unwrap();
+    let r = next_watch_response(&mut w).await;
+    assert!(r.canceled(), "{r:?}");
     let mut w = alice
         .watch("/p/", Some(WatchOptions::new().with_prefix()))
         .await
@@ -573,4 +580,61 @@ async fn jwt_tokens_are_signed_and_verified_by_every_instance() {
         status(alice.get("/secret", None).await.unwrap_err()),
         DENIED,
     );
+}
+
+/// With client certificates (`--trusted-ca-file`) and auth on, a request
+/// without a token acts as the user named by its certificate's common
+/// name, as etcd does; a token, when given, wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_acts_as_its_common_name() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    crate::ops::make_certs(d);
+    let p = |f: &str| d.join(f).display().to_string();
+    let k = crate::harness::Koine::start(&[
+        "--server-cert-file",
+        &p("server.pem"),
+        "--server-key-file",
+        &p("server.key"),
+        "--trusted-ca-file",
+        &p("ca.pem"),
+    ])
+    .await;
+    let https = format!("https://{}", k.addr);
+    let tls = || {
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(
+                std::fs::read(d.join("ca.pem")).unwrap(),
+            ))
+            .identity(etcd_client::Identity::from_pem(
+                std::fs::read(d.join("client.pem")).unwrap(),
+                std::fs::read(d.join("client.key")).unwrap(),
+            ))
+    };
+    // The client certificate's common name is "client".
+    let mut c = Client::connect(
+        [https.as_str()],
+        Some(ConnectOptions::new().with_tls(tls())),
+    )
+    .await
+    .unwrap();
+    c.user_add("client", "unused", None).await.unwrap();
+    setup(&mut c).await;
+    let mut root = Client::connect(
+        [https.as_str()],
+        Some(
+            ConnectOptions::new()
+                .with_tls(tls())
+                .with_user("root", "rootpw"),
+        ),
+    )
+    .await
+    .unwrap();
+    root.user_grant_role("client", "r1").await.unwrap();
+    // No token: the certificate's user, with r1's permissions only.
+    assert_eq!(c.get("/a", None).await.unwrap().kvs().len(), 1);
+    is(status(c.get("/secret", None).await.unwrap_err()), DENIED);
+    is(status(c.user_list().await.unwrap_err()), DENIED);
+    // A token wins over the certificate.
+    assert_eq!(root.get("/secret", None).await.unwrap().kvs().len(), 1);
 }
