@@ -42,7 +42,7 @@ relay_impl! {
                 members: vec![pb::Member {
                     id,
                     name: self.name.clone(),
-                    peer_ur_ls: Vec::new(),
+                    peer_ur_ls: vec![self.client_url.clone()],
                     client_ur_ls: vec![self.client_url.clone()],
                     is_learner: false,
                 }],

@@ -17,7 +17,10 @@ impl ClusterService {
         pb::Member {
             id: id.member_id,
             name: id.name.clone(),
-            peer_ur_ls: Vec::new(),
+            // No raft peers: the one URL this member is reached at is its
+            // peer URL too (clients that check members want one, as kine
+            // answers).
+            peer_ur_ls: vec![id.client_url.clone()],
             client_ur_ls: vec![id.client_url.clone()],
             is_learner: false,
         }

@@ -610,6 +610,8 @@ async fn maintenance_and_cluster(s: Server) {
         std::slice::from_ref(&s.endpoint)
     );
     assert_eq!(members.members()[0].id(), st.header().unwrap().member_id());
+    // Every member has a peer URL (etcd's for raft; Koine's is its own).
+    assert_eq!(members.members()[0].peer_urls().len(), 1);
     if s.is_koine() {
         assert!(v >= vec![3, 5, 13], "Kubernetes needs 3.5.13+");
     }
