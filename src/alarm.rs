@@ -72,6 +72,35 @@ impl Write for AlarmWrite {
     }
 }
 
+/// Runs `step` on `owner` every `period` until `cancel` fires or the owner
+/// is dropped (the task holds it only while a step runs); failures are
+/// logged as `what` and retried at the next period.
+pub fn every<T, F, Fut>(
+    period: Duration,
+    owner: &Arc<T>,
+    cancel: CancellationToken,
+    what: &'static str,
+    step: F,
+) where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let weak = Arc::downgrade(owner);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            let Some(owner) = weak.upgrade() else { return };
+            if let Err(e) = step(owner).await {
+                tracing::debug!(error = %e, "{what} failed");
+            }
+        }
+    });
+}
+
 pub struct Alarms {
     db: Db,
     store: Store,
@@ -109,18 +138,8 @@ impl Alarms {
             quota,
             member_id,
         });
-        let weak = Arc::downgrade(&alarms);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(CHECK) => {}
-                }
-                let Some(alarms) = weak.upgrade() else { return };
-                if let Err(e) = alarms.check().await {
-                    tracing::debug!(error = %e, "alarm check failed");
-                }
-            }
+        every(CHECK, &alarms, cancel, "alarm check", |a| async move {
+            a.check().await
         });
         Ok(alarms)
     }

@@ -624,19 +624,13 @@ impl Auth {
             bcrypt_cost,
             serial: AtomicU64::new(1),
         });
-        let weak = Arc::downgrade(&auth);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(REFRESH) => {}
-                }
-                let Some(auth) = weak.upgrade() else { return };
-                if let Err(e) = auth.refresh().await {
-                    tracing::debug!(error = %e, "auth state refresh failed");
-                }
-            }
-        });
+        crate::alarm::every(
+            REFRESH,
+            &auth,
+            cancel,
+            "auth state refresh",
+            |a| async move { a.refresh().await },
+        );
         Ok(auth)
     }
 

@@ -278,32 +278,44 @@ pub fn routes(shared: SharedRef) -> Router {
         "/v3/election/observe",
         route(move |headers: HeaderMap, body: Bytes| {
             let svc = ElectionService { shared: o.clone() };
-            async move {
-                let req = match parse(&body) {
-                    Ok(r) => r,
-                    Err(e) => return bad_json(e),
-                };
-                match svc.observe(request(&headers, req)).await {
-                    Ok(stream) => lines(stream.into_inner()),
-                    Err(st) => error(st.code(), st.message()),
-                }
-            }
+            server_stream(
+                headers,
+                body,
+                move |req| async move { svc.observe(req).await },
+            )
         }),
     )
     .route(
         "/v3/maintenance/snapshot",
         route(move |headers: HeaderMap, body: Bytes| {
             let svc = MaintenanceService { shared: m.clone() };
-            async move {
-                let req = match parse(&body) {
-                    Ok(r) => r,
-                    Err(e) => return bad_json(e),
-                };
-                match svc.snapshot(request(&headers, req)).await {
-                    Ok(stream) => lines(stream.into_inner()),
-                    Err(st) => error(st.code(), st.message()),
-                }
-            }
+            server_stream(
+                headers,
+                body,
+                move |req| async move { svc.snapshot(req).await },
+            )
         }),
     )
+}
+
+/// A server-streaming call: one JSON request in, result lines out.
+async fn server_stream<Req, T, S, Fut>(
+    headers: HeaderMap,
+    body: Bytes,
+    call: impl FnOnce(tonic::Request<Req>) -> Fut,
+) -> Response
+where
+    Req: DeserializeOwned + Default,
+    T: Serialize + Send + 'static,
+    S: Stream<Item = Result<T, tonic::Status>> + Send + 'static,
+    Fut: Future<Output = Result<tonic::Response<S>, tonic::Status>>,
+{
+    let req = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_json(e),
+    };
+    match call(request(&headers, req)).await {
+        Ok(stream) => lines(stream.into_inner()),
+        Err(st) => error(st.code(), st.message()),
+    }
 }

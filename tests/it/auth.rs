@@ -16,15 +16,16 @@ use crate::on_every_target;
 
 const DENIED: (Code, &str) = (Code::PermissionDenied, "etcdserver: permission denied");
 
-fn status(e: etcd_client::Error) -> (Code, String) {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
-        other => panic!("expected a gRPC status, got {other:?}"),
-    }
-}
+use crate::harness::{assert_error as is, code_and_text as status};
 
-fn is(got: (Code, String), want: (Code, &str)) {
-    assert_eq!((got.0, got.1.as_str()), want);
+/// A raw Range of "/a" sent with `token`.
+fn get_a(token: &str) -> tonic::Request<koine::proto::etcdserverpb::RangeRequest> {
+    let mut req = tonic::Request::new(koine::proto::etcdserverpb::RangeRequest {
+        key: "/a".into(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("token", token.parse().unwrap());
+    req
 }
 
 /// The error of a login that must fail.
@@ -442,14 +443,7 @@ async fn instances_on_one_database_share_users_roles_and_tokens() {
     let mut kv_b = koine::proto::etcdserverpb::kv_client::KvClient::connect(b.endpoint.clone())
         .await
         .unwrap();
-    let get = |token: &str| {
-        let mut req = tonic::Request::new(koine::proto::etcdserverpb::RangeRequest {
-            key: "/a".into(),
-            ..Default::default()
-        });
-        req.metadata_mut().insert("token", token.parse().unwrap());
-        req
-    };
+    let get = get_a;
     let got = kv_b.range(get(&token)).await.unwrap().into_inner();
     assert_eq!(got.kvs.len(), 1);
     // A permission revoked on A is enforced on B.
@@ -537,14 +531,7 @@ async fn jwt_tokens_are_signed_and_verified_by_every_instance() {
     let mut kv_b = koine::proto::etcdserverpb::kv_client::KvClient::connect(b.endpoint.clone())
         .await
         .unwrap();
-    let get = |token: &str| {
-        let mut req = tonic::Request::new(koine::proto::etcdserverpb::RangeRequest {
-            key: "/a".into(),
-            ..Default::default()
-        });
-        req.metadata_mut().insert("token", token.parse().unwrap());
-        req
-    };
+    let get = get_a;
     // B learns that auth is on within a second, then takes A's token.
     let mut cb = b.client().await;
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -36,27 +36,10 @@ fn err(v: &Value) -> (i64, &str) {
     (v["code"].as_i64().unwrap(), v["message"].as_str().unwrap())
 }
 
-/// Every target but passthrough, which does not relay the gateway (yet):
-/// its clients reach etcd's own gateway on etcd's port.
-macro_rules! on_gateway_targets {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                use crate::harness::{run, Target};
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() { run(Target::Sqlite, super::$name).await }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() { run(Target::Postgres, super::$name).await }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn mysql() { run(Target::MySql, super::$name).await }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn etcd() { run(Target::Etcd, super::$name).await }
-            }
-        )*
-    };
-}
-
-on_gateway_targets!(
+// Every target but passthrough, which does not relay the gateway (yet):
+// its clients reach etcd's own gateway on etcd's port.
+crate::on_targets!(
+    [Sqlite sqlite, Postgres postgres, MySql mysql, Etcd etcd];
     kv_calls_answer_json_as_etcd,
     watch_streams_lines_of_json,
     auth_tokens_go_in_the_authorization_header

@@ -115,22 +115,42 @@ where
 #[macro_export]
 macro_rules! on_every_target {
     ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                use $crate::harness::{run, Target};
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() { run(Target::Sqlite, super::$name).await }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() { run(Target::Postgres, super::$name).await }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn mysql() { run(Target::MySql, super::$name).await }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn etcd() { run(Target::Etcd, super::$name).await }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn passthrough() { run(Target::Passthrough, super::$name).await }
-            }
-        )*
+        $crate::on_targets!([Sqlite sqlite, Postgres postgres, MySql mysql, Etcd etcd, Passthrough passthrough]; $($name),*);
     };
+}
+
+/// Generates one `#[tokio::test]` per listed target (`Variant test_name`)
+/// for each named test body.
+#[macro_export]
+macro_rules! on_targets {
+    (@one [$($target:ident $test:ident),*] $name:ident) => {
+        mod $name {
+            use $crate::harness::{run, Target};
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() { run(Target::$target, super::$name).await }
+            )*
+        }
+    };
+    ($targets:tt; $(,)?) => {};
+    ($targets:tt; $name:ident $(, $rest:ident)* $(,)?) => {
+        $crate::on_targets!(@one $targets $name);
+        $crate::on_targets!($targets; $($rest),*);
+    };
+}
+
+/// The gRPC code and text of a client error (the test fails on any other
+/// kind of error).
+pub fn code_and_text(e: etcd_client::Error) -> (tonic::Code, String) {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+/// Asserts an error's code and text.
+pub fn assert_error(got: (tonic::Code, String), want: (tonic::Code, &str)) {
+    assert_eq!((got.0, got.1.as_str()), want);
 }
 
 /// The next response of a watch stream, failing the test after 20 s or if

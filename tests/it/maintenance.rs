@@ -18,16 +18,7 @@ const NO_SPACE: (Code, &str) = (
     "etcdserver: mvcc: database space exceeded",
 );
 
-fn status(e: etcd_client::Error) -> (Code, String) {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
-        other => panic!("expected a gRPC status, got {other:?}"),
-    }
-}
-
-fn is(got: (Code, String), want: (Code, &str)) {
-    assert_eq!((got.0, got.1.as_str()), want);
-}
+use crate::harness::{assert_error as is, code_and_text as status};
 
 async fn alarms(
     c: &mut Client,
