@@ -85,10 +85,12 @@ enum Tokens {
 }
 
 /// Whether a change changed anything (etcd does not bump the revision for
-/// a change that changes nothing, e.g. granting a role twice).
+/// a change that changes nothing, e.g. granting a role twice, nor for
+/// AuthEnable).
 enum Outcome {
     Unchanged,
     Changed(Tokens),
+    Enabled,
 }
 
 fn name(b: &[u8]) -> String {
@@ -366,7 +368,7 @@ impl Change {
                     return Err(RootRoleNotExist);
                 }
                 st.enabled = true;
-                Ok(changed)
+                Ok(Outcome::Enabled)
             }
             Change::Disable => {
                 if !st.enabled {
@@ -387,6 +389,7 @@ impl Write for Change {
             let mut st = State::decode(&tx.auth().await?)?;
             match Change::apply(self, &mut st).map_err(Error::Auth)? {
                 Outcome::Unchanged => {}
+                Outcome::Enabled => tx.auth_update(&st.encode()).await?,
                 Outcome::Changed(tokens) => {
                     st.revision += 1;
                     tx.auth_update(&st.encode()).await?;
@@ -641,14 +644,16 @@ impl Auth {
 
     fn install(&self, st: Arc<State>) {
         let mut cur = self.state.write().unwrap_or_else(|e| e.into_inner());
-        if st.revision > cur.revision {
+        // Enabling leaves the revision as it is; nothing else does.
+        if (st.revision, st.enabled) > (cur.revision, cur.enabled) {
             *cur = st;
         }
     }
 
     /// Reloads the state if another instance changed it.
     async fn refresh(&self) -> Result<()> {
-        if self.db.auth_revision().await? != self.state().revision {
+        let st = self.state();
+        if self.db.auth_stamp().await? != st.revision * 2 + st.enabled as i64 {
             self.install(Arc::new(State::decode(&self.db.auth().await?)?));
         }
         Ok(())
@@ -984,7 +989,7 @@ mod tests {
         assert!(matches!(grant.apply(&mut st), Ok(Outcome::Unchanged)));
         assert!(matches!(
             Change::Enable.apply(&mut st),
-            Ok(Outcome::Changed(_))
+            Ok(Outcome::Enabled)
         ));
         assert!(matches!(
             Change::Enable.apply(&mut st),

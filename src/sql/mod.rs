@@ -366,9 +366,10 @@ impl Db {
             .await
     }
 
-    /// The auth store's revision alone (polled to notice other instances'
-    /// changes).
-    pub async fn auth_revision(&self) -> Result<i64> {
+    /// The auth store's revision and enabled flag as one number
+    /// (`revision * 2 + enabled`), polled to notice other instances'
+    /// changes.
+    pub async fn auth_stamp(&self) -> Result<i64> {
         one(self.fetch(Q::AuthRevision, &[]).await?, "koine_auth")
     }
 

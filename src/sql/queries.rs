@@ -269,7 +269,9 @@ impl Queries {
             ),
             (
                 Q::AuthRevision,
-                "SELECT revision FROM koine_auth WHERE id = 1".into(),
+                // Enabling auth leaves the revision as it is (etcd): the
+                // flag is part of what other instances compare.
+                "SELECT revision * 2 + enabled FROM koine_auth WHERE id = 1".into(),
             ),
             (
                 Q::AuthUpdate,
