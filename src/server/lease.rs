@@ -82,8 +82,15 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let s = &self.shared;
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         let info = s.store.lease(req.id).await?;
+        // etcd 3.5+: listing a lease's keys needs READ on each of them.
+        if req.keys
+            && let Some(c) = s.caller(&md).await?
+            && !info.keys.iter().all(|k| c.may(false, k, b""))
+        {
+            return Err(crate::error::AuthError::PermissionDenied.into());
+        }
         // etcd answers a missing lease with TTL -1 rather than an error.
         let resp = match info.lease {
             Some(l) if l.remaining_ms > 0 => pb::LeaseTimeToLiveResponse {

@@ -367,6 +367,15 @@ async fn permissions_are_enforced_as_etcd(s: Server) {
         .await
         .unwrap();
     is(status(alice.lease_revoke(lease).await.unwrap_err()), DENIED);
+    if modern {
+        // Listing a lease's keys needs READ on them (etcd 3.5 on).
+        let keys = Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys());
+        is(
+            status(alice.lease_time_to_live(lease, keys).await.unwrap_err()),
+            DENIED,
+        );
+    }
+    alice.lease_time_to_live(lease, None).await.unwrap();
     is(
         status(
             alice
