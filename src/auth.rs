@@ -451,6 +451,11 @@ impl Caller {
         self.admin
     }
 
+    /// Whether the caller may read (or write) each of `keys`.
+    pub fn may_all(&self, write: bool, keys: &[Bytes]) -> bool {
+        keys.iter().all(|k| self.may(write, k, b""))
+    }
+
     /// Whether the caller may read (or write) every key of `[key, end)`
     /// (etcd's range encoding): the union of its roles' permissions must
     /// cover it.

@@ -298,28 +298,17 @@ impl Store {
     /// current one) as compaction leaves it, read in one snapshot, so every
     /// instance on one database answers the same for the same revision and
     /// compact revision. Returns the hash, the compact revision (-1 before
-    /// the first compaction, as etcd) and the revision hashed.
-    pub async fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision)> {
+    /// the first compaction, as etcd), the revision hashed and the store's
+    /// revision in that snapshot.
+    pub async fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision, Revision)> {
         const PAGE: i64 = 1000;
         let mut tx = self.db.begin_read().await?;
         let meta = tx.read_meta().await?;
-        let upto = if revision <= 0 {
-            meta.revision
-        } else {
-            revision
-        };
-        if upto > meta.revision {
-            return Err(Error::FutureRevision {
-                required: upto,
-                current: meta.revision,
-            });
+        let upto = ReadPoint {
+            current: meta.revision,
+            compact: meta.compact_revision,
         }
-        if upto < meta.compact_revision {
-            return Err(Error::Compacted {
-                required: upto,
-                compacted: meta.compact_revision,
-            });
-        }
+        .resolve(revision)?;
         let mut crc = crate::types::Crc32c::new();
         let mut after = (0, -1);
         loop {
@@ -347,7 +336,7 @@ impl Store {
         } else {
             -1
         };
-        Ok((crc.finish(), compact, upto))
+        Ok((crc.finish(), compact, upto, meta.revision))
     }
 
     /// etcd's Defragment: the database gives freed space back.

@@ -15,27 +15,36 @@ pub struct ReadPoint {
     pub compact: Revision,
 }
 
+impl ReadPoint {
+    /// The revision a read of `requested` (0 or less: the current one)
+    /// resolves to, or etcd's error for a future or compacted revision.
+    pub fn resolve(&self, requested: Revision) -> Result<Revision> {
+        let rev = if requested <= 0 {
+            self.current
+        } else {
+            requested
+        };
+        if rev > self.current {
+            return Err(Error::FutureRevision {
+                required: rev,
+                current: self.current,
+            });
+        }
+        if rev < self.compact {
+            return Err(Error::Compacted {
+                required: rev,
+                compacted: self.compact,
+            });
+        }
+        Ok(rev)
+    }
+}
+
 /// Runs a Range in `tx` (a read snapshot, or the writer's transaction; the
 /// writer flushes its buffered log rows before a historical read).
 pub async fn range(tx: &mut DbTx, req: &RangeRequest, at: ReadPoint) -> Result<RangeResult> {
     let o = &req.options;
-    let rev = if o.revision <= 0 {
-        at.current
-    } else {
-        o.revision
-    };
-    if rev > at.current {
-        return Err(Error::FutureRevision {
-            required: rev,
-            current: at.current,
-        });
-    }
-    if rev < at.compact {
-        return Err(Error::Compacted {
-            required: rev,
-            compacted: at.compact,
-        });
-    }
+    let rev = at.resolve(o.revision)?;
     let historical = rev != at.current;
 
     if o.count_only {

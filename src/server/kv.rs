@@ -8,7 +8,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::error::AuthError;
 use crate::mvcc::Compact;
 use crate::mvcc::request::{self as t, SortOrder, SortTarget};
 use crate::proto::etcdserverpb as pb;
@@ -176,12 +175,7 @@ impl Kv for KvService {
         if let Some(c) = s.caller(&md).await? {
             auth::check_put(&c, &req)?;
             if req.lease != 0 {
-                // etcd's checkLeasePuts: the keys already on the lease must
-                // be writable too, since whoever may attach may revoke.
-                let info = s.store.lease(req.lease).await?;
-                if !info.keys.iter().all(|k| c.may(true, k, b"")) {
-                    return Err(AuthError::PermissionDenied.into());
-                }
+                s.check_lease_keys(&c, req.lease).await?;
             }
         }
         let (r, rev) = s.store.write(convert::put(req)?).await?;

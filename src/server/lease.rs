@@ -55,12 +55,8 @@ impl Lease for LeaseService {
         s.check_space(0).await?;
         let id = req.id;
         if let Some(c) = s.caller(&md).await? {
-            // etcd: revoking deletes the lease's keys, so each must be
-            // writable by the caller.
-            let info = s.store.lease(id).await?;
-            if !info.keys.iter().all(|k| c.may(true, k, b"")) {
-                return Err(crate::error::AuthError::PermissionDenied.into());
-            }
+            // Revoking deletes the lease's keys.
+            s.check_lease_keys(&c, id).await?;
         }
         let (_, rev) = s.store.write(Revoke { id }).await?;
         Ok(Response::new(pb::LeaseRevokeResponse {
@@ -87,7 +83,7 @@ impl Lease for LeaseService {
         // etcd 3.5+: listing a lease's keys needs READ on each of them.
         if req.keys
             && let Some(c) = s.caller(&md).await?
-            && !info.keys.iter().all(|k| c.may(false, k, b""))
+            && !c.may_all(false, &info.keys)
         {
             return Err(crate::error::AuthError::PermissionDenied.into());
         }

@@ -40,16 +40,9 @@ impl Maintenance for MaintenanceService {
             Ok(AlarmAction::Get) => s.alarms.list(row.alarm).into_iter().map(member).collect(),
             // Raising NONE does nothing (etcd).
             Ok(AlarmAction::Activate) if row.alarm == crate::alarm::NONE => Vec::new(),
-            Ok(AlarmAction::Activate) => s
+            Ok(action) => s
                 .alarms
-                .set(true, row)
-                .await?
-                .into_iter()
-                .map(member)
-                .collect(),
-            Ok(AlarmAction::Deactivate) => s
-                .alarms
-                .set(false, row)
+                .set(action == AlarmAction::Activate, row)
                 .await?
                 .into_iter()
                 .map(member)
@@ -104,7 +97,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::HashResponse>, Status> {
         // Admin-only under auth, as etcd.
         self.shared.require_admin(req.metadata()).await?;
-        let (hash, _, rev) = self.shared.store.hash_kv(0).await?;
+        let (hash, _, rev, _) = self.shared.store.hash_kv(0).await?;
         Ok(Response::new(pb::HashResponse {
             header: self.shared.header(rev),
             hash,
@@ -118,8 +111,8 @@ impl Maintenance for MaintenanceService {
         // Admin-only under auth, as etcd.
         self.shared.require_admin(req.metadata()).await?;
         let revision = req.into_inner().revision;
-        let (hash, compact_revision, hash_revision) = self.shared.store.hash_kv(revision).await?;
-        let current = self.shared.store.meta().await?.revision;
+        let (hash, compact_revision, hash_revision, current) =
+            self.shared.store.hash_kv(revision).await?;
         Ok(Response::new(pb::HashKvResponse {
             header: self.shared.header(current),
             hash,

@@ -120,6 +120,17 @@ impl Shared {
         Ok(())
     }
 
+    /// etcd's checkLeasePuts: attaching to lease `id` or revoking it needs
+    /// WRITE on every key already attached (whoever may attach may revoke).
+    pub async fn check_lease_keys(&self, c: &crate::auth::Caller, id: i64) -> Result<(), Status> {
+        let info = self.store.lease(id).await?;
+        if c.may_all(true, &info.keys) {
+            Ok(())
+        } else {
+            Err(crate::error::AuthError::PermissionDenied.into())
+        }
+    }
+
     /// A header at the newest revision this instance has published.
     pub fn current_header(&self) -> Option<ResponseHeader> {
         self.header(self.store.published_revision())
