@@ -43,11 +43,11 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 /// The users and roles as stored: Koine's own message, made of etcd's
 /// `authpb` ones.
 #[derive(Clone, PartialEq, prost::Message)]
-struct AuthSnapshot {
+pub struct AuthSnapshot {
     #[prost(message, repeated, tag = "1")]
-    users: Vec<authpb::User>,
+    pub users: Vec<authpb::User>,
     #[prost(message, repeated, tag = "2")]
-    roles: Vec<authpb::Role>,
+    pub roles: Vec<authpb::Role>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -207,7 +207,14 @@ impl Config {
     /// Parses the storage endpoint. Errors never include the DSN itself,
     /// since it may hold a password.
     pub(crate) fn storage(&self) -> anyhow::Result<Endpoint> {
-        let dsn = self.endpoint.trim();
+        parse_endpoint(&self.endpoint)
+    }
+}
+
+/// Parses a storage endpoint (see [`Config::storage`]).
+pub(crate) fn parse_endpoint(dsn: &str) -> anyhow::Result<Endpoint> {
+    {
+        let dsn = dsn.trim();
         if dsn.is_empty() {
             return Ok(Endpoint::Sqlite(SqliteConfig::parse(DEFAULT_SQLITE)?));
         }

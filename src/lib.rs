@@ -14,15 +14,18 @@
 
 mod alarm;
 mod auth;
+mod bbolt;
 pub mod bench;
 pub mod config;
 mod error;
+pub mod import;
 mod metrics;
 mod mvcc;
 mod passthrough;
 pub mod proto;
 mod serve;
 mod server;
+mod snapshot;
 mod sql;
 mod types;
 
@@ -40,6 +43,17 @@ use proto::etcdserverpb::{
 };
 use server::{Identity, Limits, Shared};
 
+/// Connects to the configured database (migrating its schema), or `None`
+/// for an etcd endpoint (passthrough mode).
+pub(crate) async fn open_db(config: &Config) -> anyhow::Result<Option<sql::Db>> {
+    Ok(Some(match config.storage()? {
+        Endpoint::Sqlite(cfg) => sql::sqlite::connect(&cfg).await?,
+        Endpoint::Postgres(dsn) => sql::postgres::connect(&dsn, &config.db_tls()).await?,
+        Endpoint::MySql(dsn) => sql::mysql::connect(&dsn, &config.db_tls()).await?,
+        Endpoint::Etcd(_) => return Ok(None),
+    }))
+}
+
 /// Runs Koine on `listener` until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -50,15 +64,18 @@ pub async fn run(
     config.check_files()?;
     let token_kind = auth::TokenKind::parse(&config.auth_token)?;
     let tls = serve::server_tls(&config)?;
-    let db = match config.storage()? {
-        Endpoint::Sqlite(cfg) => sql::sqlite::connect(&cfg).await?,
-        Endpoint::Postgres(dsn) => sql::postgres::connect(&dsn, &config.db_tls()).await?,
-        Endpoint::MySql(dsn) => sql::mysql::connect(&dsn, &config.db_tls()).await?,
+    let Some(db) = open_db(&config).await? else {
         // Passthrough mode: a proxy to an etcd cluster, no database.
-        Endpoint::Etcd(endpoints) => {
-            return passthrough::serve(config, endpoints, tls, listener, shutdown).await;
-        }
+        let Endpoint::Etcd(endpoints) = config.storage()? else {
+            unreachable!("open_db answers None for etcd endpoints only")
+        };
+        return passthrough::serve(config, endpoints, tls, listener, shutdown).await;
     };
+    if db.meta().await?.revision == 0 {
+        anyhow::bail!(
+            "the database holds an unfinished `koine import`: run it again (it starts over) before serving"
+        );
+    }
     let local = listener.local_addr()?;
     let metrics = metrics::Metrics::new();
     let cancel = CancellationToken::new();

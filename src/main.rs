@@ -3,6 +3,7 @@ use tracing_subscriber::EnvFilter;
 
 use koine::bench::BenchArgs;
 use koine::config::{Config, LogFormat};
+use koine::import::ImportArgs;
 
 #[derive(Parser)]
 #[command(
@@ -22,12 +23,18 @@ struct Cli {
 enum Command {
     /// Load an etcd endpoint (Koine or etcd) and report throughput and latency.
     Bench(BenchArgs),
+    /// Fill an empty Koine database from an etcd snapshot, a live etcd, a
+    /// kine database or another Koine database, keeping the revisions.
+    Import(Box<ImportArgs>),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = cli.serve;
+    let config = match &cli.command {
+        Some(Command::Import(args)) => args.target.clone(),
+        _ => cli.serve,
+    };
     let filter = EnvFilter::try_new(&config.log_level)?;
     match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt()
@@ -40,8 +47,10 @@ async fn main() -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init(),
     }
-    if let Some(Command::Bench(args)) = cli.command {
-        return koine::bench::run(args).await;
+    match cli.command {
+        Some(Command::Bench(args)) => return koine::bench::run(args).await,
+        Some(Command::Import(args)) => return koine::import::run(*args).await,
+        None => {}
     }
     let listener = tokio::net::TcpListener::bind(&config.listen_address).await?;
     let shutdown = async {

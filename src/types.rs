@@ -90,6 +90,7 @@ impl KeyRange {
 }
 
 /// CRC-32C (Castagnoli), the checksum etcd's hashes use.
+#[derive(Clone)]
 pub struct Crc32c(u32);
 
 impl Crc32c {

@@ -301,42 +301,15 @@ impl Store {
     /// the first compaction, as etcd), the revision hashed and the store's
     /// revision in that snapshot.
     pub async fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision, Revision)> {
-        const PAGE: i64 = 1000;
-        let mut tx = self.db.begin_read().await?;
-        let meta = tx.read_meta().await?;
-        let upto = ReadPoint {
-            current: meta.revision,
-            compact: meta.compact_revision,
-        }
-        .resolve(revision)?;
-        let mut crc = crate::types::Crc32c::new();
-        let mut after = (0, -1);
-        loop {
-            let rows = tx
-                .hash_page(upto, meta.compact_revision, after, PAGE)
-                .await?;
-            for r in &rows {
-                for n in [r.revision, r.sub, r.create_revision, r.version, r.lease] {
-                    crc.update(&n.to_be_bytes());
-                }
-                crc.update(&[r.deleted as u8]);
-                for b in [&r.key, &r.value] {
-                    crc.update(&(b.len() as u64).to_be_bytes());
-                    crc.update(b);
-                }
-            }
-            match rows.last() {
-                Some(r) if rows.len() as i64 == PAGE => after = (r.revision, r.sub),
-                _ => break,
-            }
-        }
-        tx.commit().await?;
-        let compact = if meta.compact_revision > 0 {
-            meta.compact_revision
-        } else {
-            -1
-        };
-        Ok((crc.finish(), compact, upto, meta.revision))
+        hash_history(&self.db, revision).await
+    }
+
+    /// Writes the store as an etcd backend file (Maintenance.Snapshot).
+    pub async fn snapshot(
+        &self,
+        file: std::fs::File,
+    ) -> Result<(std::fs::File, crate::snapshot::Written)> {
+        crate::snapshot::write(&self.db, file).await
     }
 
     /// etcd's Defragment: the database gives freed space back.
@@ -467,5 +440,75 @@ impl Store {
 
     fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+}
+
+/// HashKV over a database (see [`Store::hash_kv`]); `koine import` checks
+/// its work with it.
+pub(crate) async fn hash_history(
+    db: &Db,
+    revision: Revision,
+) -> Result<(u32, Revision, Revision, Revision)> {
+    const PAGE: i64 = 1000;
+    let mut tx = db.begin_read().await?;
+    let meta = tx.read_meta().await?;
+    let upto = ReadPoint {
+        current: meta.revision,
+        compact: meta.compact_revision,
+    }
+    .resolve(revision)?;
+    let mut crc = crate::types::Crc32c::new();
+    let mut after = (0, -1);
+    loop {
+        let rows = tx
+            .hash_page(upto, meta.compact_revision, after, PAGE)
+            .await?;
+        for r in &rows {
+            hash_row(
+                &mut crc,
+                r.revision,
+                r.sub,
+                r.create_revision,
+                r.version,
+                r.lease,
+                r.deleted,
+                &r.key,
+                &r.value,
+            );
+        }
+        match rows.last() {
+            Some(r) if rows.len() as i64 == PAGE => after = (r.revision, r.sub),
+            _ => break,
+        }
+    }
+    tx.commit().await?;
+    let compact = if meta.compact_revision > 0 {
+        meta.compact_revision
+    } else {
+        -1
+    };
+    Ok((crc.finish(), compact, upto, meta.revision))
+}
+
+/// Adds one history row to a HashKV checksum.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn hash_row(
+    crc: &mut crate::types::Crc32c,
+    revision: Revision,
+    sub: i64,
+    create_revision: Revision,
+    version: i64,
+    lease: i64,
+    deleted: bool,
+    key: &[u8],
+    value: &[u8],
+) {
+    for n in [revision, sub, create_revision, version, lease] {
+        crc.update(&n.to_be_bytes());
+    }
+    crc.update(&[deleted as u8]);
+    for b in [key, value] {
+        crc.update(&(b.len() as u64).to_be_bytes());
+        crc.update(b);
     }
 }

@@ -416,6 +416,42 @@ impl Db {
         Ok(Some((meta, kvs)))
     }
 
+    /// How many rows the log holds.
+    pub async fn log_rows(&self) -> Result<u64> {
+        Ok(one::<i64>(self.fetch(Q::LogCount, &[]).await?, "koine_log")? as u64)
+    }
+
+    /// How many leases there are.
+    pub async fn leases_count(&self) -> Result<u64> {
+        Ok(one::<i64>(self.fetch(Q::LeaseCount, &[]).await?, "koine_lease")? as u64)
+    }
+
+    /// Empties the store for `koine import` and marks it as being imported
+    /// into (revision 0, which the server refuses to start on). The auth
+    /// state blob stays until the import writes its own, but is off.
+    pub async fn wipe_for_import(&self) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        tx.lock_meta().await?;
+        for q in [
+            Q::ImportStart,
+            Q::ImportWipeLog,
+            Q::ImportWipeKv,
+            Q::ImportWipeLease,
+            Q::ImportWipeBatch,
+            Q::ImportWipeTokens,
+            Q::ImportWipeAlarms,
+        ] {
+            tx.exec(q, &[]).await?;
+        }
+        tx.auth_update(&AuthRow {
+            revision: 1,
+            enabled: false,
+            state: Bytes::new(),
+        })
+        .await?;
+        tx.commit().await
+    }
+
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
@@ -873,6 +909,17 @@ impl DbTx {
         self.exec(Q::MetaSetCompactedTo, &[Arg::I64(to - 1)])
             .await?;
         Ok(superseded + tombstones)
+    }
+
+    /// `koine import`'s last step: the store's revisions (the log is
+    /// compacted to the compact revision already).
+    pub async fn finish_import(&mut self, revision: Revision, compact: Revision) -> Result<()> {
+        self.exec(
+            Q::ImportFinish,
+            &[Arg::I64(revision), Arg::I64(compact), Arg::I64(compact)],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Revision up to which the log has been physically compacted.

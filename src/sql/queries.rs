@@ -19,6 +19,17 @@ pub enum Q {
     MetaSetCompact,
     MetaSetCompactedTo,
     MetaCompactedTo,
+    /// `koine import`: counts, emptying the store, the final revisions.
+    LogCount,
+    LeaseCount,
+    ImportWipeLog,
+    ImportWipeKv,
+    ImportWipeLease,
+    ImportWipeBatch,
+    ImportWipeTokens,
+    ImportWipeAlarms,
+    ImportStart,
+    ImportFinish,
     ClusterId,
     KvGet,
     KvRange,
@@ -158,6 +169,26 @@ impl Queries {
             (
                 Q::MetaCompactedTo,
                 "SELECT compacted_to FROM koine_meta WHERE id = 1".into(),
+            ),
+            (Q::LogCount, "SELECT COUNT(*) FROM koine_log".into()),
+            (Q::LeaseCount, "SELECT COUNT(*) FROM koine_lease".into()),
+            (Q::ImportWipeLog, "DELETE FROM koine_log".into()),
+            (Q::ImportWipeKv, "DELETE FROM koine_kv".into()),
+            (Q::ImportWipeLease, "DELETE FROM koine_lease".into()),
+            (Q::ImportWipeBatch, "DELETE FROM koine_batch".into()),
+            (Q::ImportWipeTokens, "DELETE FROM koine_auth_token".into()),
+            (Q::ImportWipeAlarms, "DELETE FROM koine_alarm".into()),
+            (
+                Q::ImportStart,
+                "UPDATE koine_meta SET revision = 0, compact_revision = 0, compacted_to = 0 \
+                 WHERE id = 1"
+                    .into(),
+            ),
+            (
+                Q::ImportFinish,
+                "UPDATE koine_meta SET revision = ?, compact_revision = ?, compacted_to = ? \
+                 WHERE id = 1"
+                    .into(),
             ),
             (
                 Q::ClusterId,
