@@ -116,11 +116,31 @@ build_storage() {
     done
 }
 
+# etcd 3.6 (server and etcdutl), the release the snapshot tests restore
+# Koine's snapshots with beside the 3.7 this module pins: the same two
+# commands of this module (cmd/etcd, cmd/etcdutl) built against a go.mod of
+# their own, generated here, that requires etcd at ETCD36_VERSION (pinned;
+# `go get` resolves the rest from those releases' own go.mod files).
+ETCD36_VERSION=v3.6.16
+build_etcd36() {
+    local modfile=$OUT/etcd36/go.mod
+    mkdir -p "$OUT/etcd36"
+    if [ ! -f "$modfile" ] || ! grep -q "go.etcd.io/etcd/server/v3 $ETCD36_VERSION" "$modfile"; then
+        printf 'module koine.local/conformance\n\ngo 1.26.5\n' >"$modfile"
+        rm -f "$OUT/etcd36/go.sum"
+        (cd "$MOD" && go get -modfile="$modfile" \
+            "go.etcd.io/etcd/server/v3@$ETCD36_VERSION" "go.etcd.io/etcd/etcdutl/v3@$ETCD36_VERSION")
+    fi
+    log "building etcd and etcdutl $ETCD36_VERSION"
+    (cd "$MOD" && go build -modfile="$modfile" -o "$OUT/etcd36/" ./cmd/etcd ./cmd/etcdutl)
+}
+
 build_bins() {
     mkdir -p "$OUT/bin"
-    log "building etcd, kine, kube-apiserver, kube-controller-manager, kubectl, e2e"
+    build_etcd36
+    log "building etcd, etcdutl, kine, kube-apiserver, kube-controller-manager, kubectl, e2e"
     (cd "$MOD" && go build -o "$OUT/bin/" \
-        ./cmd/etcd ./cmd/e2e github.com/k3s-io/kine \
+        ./cmd/etcd ./cmd/etcdutl ./cmd/e2e github.com/k3s-io/kine \
         k8s.io/kubernetes/cmd/kube-apiserver \
         k8s.io/kubernetes/cmd/kube-controller-manager \
         k8s.io/kubernetes/cmd/kubectl)
@@ -202,6 +222,7 @@ case $cmd in
         ;;
     build-storage) build_storage "$@" ;;
     build-bins) build_bins ;;
+    build-etcd36) build_etcd36 ;;
     storage)
         koine_bin
         backends=("$@")

@@ -53,5 +53,11 @@ cargo test --all-targets "$@"
 if [ "${KOINE_TEST_KUBERNETES:-1}" != 0 ]; then
     ./scripts/kubernetes.sh storage etcd sqlite postgres mysql
     ./scripts/kubernetes.sh e2e --backend sqlite
+    # The tests that need what the Go side built (tests/it/migrate.rs):
+    # Koine's snapshots restored by etcd 3.6 and 3.7, kine's databases
+    # imported.
+    ETCD36_DIR=$PWD/target/conformance/etcd36 ETCD37_DIR=$PWD/target/conformance/bin \
+        KINE_BIN=$PWD/target/conformance/bin/kine \
+        cargo test --test it -- --ignored migrate::
     ./scripts/robustness.sh --duration 20s
 fi

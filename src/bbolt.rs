@@ -360,11 +360,7 @@ impl Reader {
 
     /// Calls `f` with each entry (key, value) of the top-level bucket
     /// `name`, in key order; answers false when there is no such bucket.
-    pub fn for_each(
-        &self,
-        name: &[u8],
-        f: &mut EntryFn<'_>,
-    ) -> BoltResult<bool> {
+    pub fn for_each(&self, name: &[u8], f: &mut EntryFn<'_>) -> BoltResult<bool> {
         let Some(page) = self.bucket_root(name)? else {
             return Ok(false);
         };
@@ -429,11 +425,7 @@ impl Reader {
         }))
     }
 
-    fn walk(
-        &self,
-        root: Root,
-        f: &mut ElementFn<'_>,
-    ) -> BoltResult<()> {
+    fn walk(&self, root: Root, f: &mut ElementFn<'_>) -> BoltResult<()> {
         let page = match root {
             Root::Page(id) => self.page(id)?,
             Root::Inline(bytes) => bytes,

@@ -368,9 +368,9 @@ impl KinePool {
             KinePool::MySql(_) => ("SIGNED", "?", "?"),
         };
         format!(
-            "SELECT CAST(id AS {int}), name, CAST(created AS {int}), CAST(deleted AS {int}), \
-             CAST(create_revision AS {int}), CAST(lease AS {int}), value FROM kine \
-             WHERE id > {p1} ORDER BY id LIMIT {p2}"
+            "SELECT CAST(id AS {int}), COALESCE(name, ''), CAST(COALESCE(created, 0) AS {int}), \
+             CAST(COALESCE(deleted, 0) AS {int}), CAST(COALESCE(create_revision, 0) AS {int}), \
+             CAST(COALESCE(lease, 0) AS {int}), value FROM kine WHERE id > {p1} ORDER BY id LIMIT {p2}"
         )
     }
 

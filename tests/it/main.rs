@@ -18,6 +18,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod migrate;
 mod model;
 mod ops;
 mod passthrough;
