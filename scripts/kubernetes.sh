@@ -204,7 +204,7 @@ run_e2e() {
     [ "$instances" -gt 1 ] && suffix=$backend-x$instances
     log "control plane on $backend ($instances instance(s))"
     "$OUT/bin/e2e" -backend "$backend" ${dsn:+-dsn "$dsn"} -instances "$instances" \
-        -koine-bin "$KOINE_BIN" -bin-dir "$OUT/bin" \
+        -koine-bin "$KOINE_BIN" -bin-dir "$OUT/bin" -etcd36-dir "$OUT/etcd36" \
         -report "$OUT/results/e2e-$suffix.json" "${rest[@]}"
 }
 

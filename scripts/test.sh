@@ -13,6 +13,10 @@
 #     etcd must pass on Koine;
 #   - a real kube-apiserver and kube-controller-manager on Koine (SQLite),
 #     driven by kubectl and client-go;
+#   - the same control plane moved, live, from kine (SQLite, PostgreSQL) to
+#     Koine, from Koine to etcd 3.6 and back, from SQLite to PostgreSQL
+#     (docs/migration.md), and the snapshot/import tests that need etcd 3.6,
+#     3.7 and kine built;
 # and the robustness test (scripts/robustness.sh, 20 s per backend): clients
 # on hot keys under faults, histories checked for linearizability and the
 # watch guarantees, on SQLite, PostgreSQL ×3 and MariaDB ×3.
@@ -53,6 +57,9 @@ cargo test --all-targets "$@"
 if [ "${KOINE_TEST_KUBERNETES:-1}" != 0 ]; then
     ./scripts/kubernetes.sh storage etcd sqlite postgres mysql
     ./scripts/kubernetes.sh e2e --backend sqlite
+    # A running control plane moved between datastores (docs/migration.md).
+    ./scripts/kubernetes.sh e2e --backend kine-sqlite -checks migrate -migrate-path koine-sqlite,etcd36,koine-sqlite
+    ./scripts/kubernetes.sh e2e --backend kine-postgres -checks migrate -migrate-path koine-sqlite,koine-postgres
     # The tests that need what the Go side built (tests/it/migrate.rs):
     # Koine's snapshots restored by etcd 3.6 and 3.7, kine's databases
     # imported.

@@ -70,19 +70,9 @@ pub struct ImportArgs {
     pub target: Config,
 }
 
-/// One change of the source's history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
-    pub revision: Revision,
-    pub sub: i64,
-    pub key: Bytes,
-    pub create_revision: Revision,
-    /// 0: unknown (kine keeps none); the importer counts it as etcd does.
-    pub version: i64,
-    pub lease: i64,
-    pub value: Bytes,
-    pub deleted: bool,
-}
+/// One change of the source's history; a `version` of 0 means unknown
+/// (kine keeps none): the importer counts it as etcd does.
+pub type Row = crate::sql::HashedRow;
 
 /// What a source says besides its rows.
 #[derive(Debug, Default)]
@@ -220,7 +210,6 @@ async fn from_snapshot(imp: &mut Importer, path: PathBuf, skip: bool) -> anyhow:
 
 /// Reads another Koine database's history in one read transaction.
 async fn from_koine(imp: &mut Importer, src: &Db) -> anyhow::Result<()> {
-    const PAGE: i64 = 2000;
     let mut tx = src.begin_read().await?;
     let meta = tx.read_meta().await?;
     if meta.revision == 0 {
@@ -232,27 +221,14 @@ async fn from_koine(imp: &mut Importer, src: &Db) -> anyhow::Result<()> {
         "importing a Koine database"
     );
     imp.begin(meta.compact_revision, meta.revision);
-    let mut after = (0, -1);
+    let mut pages = crate::sql::HistoryPager::new(meta.revision, meta.compact_revision);
     loop {
-        let page = tx
-            .hash_page(meta.revision, meta.compact_revision, after, PAGE)
-            .await?;
-        for r in &page {
-            imp.push(Row {
-                revision: r.revision,
-                sub: r.sub,
-                key: r.key.clone(),
-                create_revision: r.create_revision,
-                version: r.version,
-                lease: r.lease,
-                value: r.value.clone(),
-                deleted: r.deleted,
-            })
-            .await?;
+        let page = pages.next(&mut tx).await?;
+        if page.is_empty() {
+            break;
         }
-        match page.last() {
-            Some(r) if page.len() as i64 == PAGE => after = (r.revision, r.sub),
-            _ => break,
+        for r in page {
+            imp.push(r).await?;
         }
     }
     let leases = tx
@@ -568,7 +544,7 @@ async fn from_etcd(
             from = at + 1,
             "following the source's changes; stop the writers, wait for the revision to settle, then send SIGINT or SIGTERM to finish"
         );
-        let stop = stop_signal();
+        let stop = crate::shutdown_signal();
         tokio::pin!(stop);
         let mut sub = (0, 0);
         loop {
@@ -639,19 +615,6 @@ async fn from_etcd(
         auth: None,
     });
     Ok(())
-}
-
-async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match term.as_mut() {
-                Some(t) => { t.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
 }
 
 // -------------------------------------------------------------- importer
@@ -793,17 +756,7 @@ impl Importer {
                 },
             );
         }
-        crate::mvcc::hash_row(
-            &mut self.crc,
-            row.revision,
-            row.sub,
-            row.create_revision,
-            row.version,
-            row.lease,
-            row.deleted,
-            &row.key,
-            &row.value,
-        );
+        crate::mvcc::hash_row(&mut self.crc, &row);
         self.rows += 1;
         let size = row.key.len() + row.value.len() + 64;
         self.bytes += size as u64;

@@ -43,6 +43,20 @@ use proto::etcdserverpb::{
 };
 use server::{Identity, Limits, Shared};
 
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
 /// Connects to the configured database (migrating its schema), or `None`
 /// for an etcd endpoint (passthrough mode).
 pub(crate) async fn open_db(config: &Config) -> anyhow::Result<Option<sql::Db>> {

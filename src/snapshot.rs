@@ -93,7 +93,6 @@ pub struct Written {
 /// (which must be readable and writable); the file is left positioned at
 /// its end, without the checksum.
 pub async fn write(db: &Db, file: File) -> Result<(File, Written)> {
-    const PAGE: i64 = 1000;
     let io = |e: bbolt::BoltError| Error::Internal(format!("writing the snapshot: {e}"));
     let mut tx = db.begin_read().await?;
     let meta = tx.read_meta().await?;
@@ -101,11 +100,12 @@ pub async fn write(db: &Db, file: File) -> Result<(File, Written)> {
     let mut rows = 0u64;
     {
         let mut keys = w.bucket(BUCKET_KEY);
-        let mut after = (0, -1);
+        let mut pages = crate::sql::HistoryPager::new(meta.revision, meta.compact_revision);
         loop {
-            let page = tx
-                .hash_page(meta.revision, meta.compact_revision, after, PAGE)
-                .await?;
+            let page = pages.next(&mut tx).await?;
+            if page.is_empty() {
+                break;
+            }
             for r in &page {
                 let kv = if r.deleted {
                     mvccpb::KeyValue {
@@ -125,10 +125,6 @@ pub async fn write(db: &Db, file: File) -> Result<(File, Written)> {
                 keys.put(&rev_key(r.revision, r.sub, r.deleted), &kv.encode_to_vec())
                     .map_err(io)?;
                 rows += 1;
-            }
-            match page.last() {
-                Some(r) if page.len() as i64 == PAGE => after = (r.revision, r.sub),
-                _ => break,
             }
         }
         keys.finish().map_err(io)?;
@@ -345,12 +341,12 @@ impl EtcdSnapshot {
 }
 
 /// A history row of an etcd key bucket entry.
-pub fn decode_key_entry(k: &[u8], v: &[u8]) -> anyhow::Result<crate::import::Row> {
+pub fn decode_key_entry(k: &[u8], v: &[u8]) -> anyhow::Result<crate::sql::HashedRow> {
     let Some((revision, sub, deleted)) = parse_rev_key(k) else {
         anyhow::bail!("a key bucket entry has no revision key ({} bytes)", k.len());
     };
     let kv = mvccpb::KeyValue::decode(v)?;
-    Ok(crate::import::Row {
+    Ok(crate::sql::HashedRow {
         revision,
         sub,
         key: kv.key,

@@ -449,7 +449,6 @@ pub(crate) async fn hash_history(
     db: &Db,
     revision: Revision,
 ) -> Result<(u32, Revision, Revision, Revision)> {
-    const PAGE: i64 = 1000;
     let mut tx = db.begin_read().await?;
     let meta = tx.read_meta().await?;
     let upto = ReadPoint {
@@ -458,27 +457,14 @@ pub(crate) async fn hash_history(
     }
     .resolve(revision)?;
     let mut crc = crate::types::Crc32c::new();
-    let mut after = (0, -1);
+    let mut pages = crate::sql::HistoryPager::new(upto, meta.compact_revision);
     loop {
-        let rows = tx
-            .hash_page(upto, meta.compact_revision, after, PAGE)
-            .await?;
-        for r in &rows {
-            hash_row(
-                &mut crc,
-                r.revision,
-                r.sub,
-                r.create_revision,
-                r.version,
-                r.lease,
-                r.deleted,
-                &r.key,
-                &r.value,
-            );
+        let rows = pages.next(&mut tx).await?;
+        if rows.is_empty() {
+            break;
         }
-        match rows.last() {
-            Some(r) if rows.len() as i64 == PAGE => after = (r.revision, r.sub),
-            _ => break,
+        for r in &rows {
+            hash_row(&mut crc, r);
         }
     }
     tx.commit().await?;
@@ -491,23 +477,12 @@ pub(crate) async fn hash_history(
 }
 
 /// Adds one history row to a HashKV checksum.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn hash_row(
-    crc: &mut crate::types::Crc32c,
-    revision: Revision,
-    sub: i64,
-    create_revision: Revision,
-    version: i64,
-    lease: i64,
-    deleted: bool,
-    key: &[u8],
-    value: &[u8],
-) {
-    for n in [revision, sub, create_revision, version, lease] {
+pub(crate) fn hash_row(crc: &mut crate::types::Crc32c, r: &crate::sql::HashedRow) {
+    for n in [r.revision, r.sub, r.create_revision, r.version, r.lease] {
         crc.update(&n.to_be_bytes());
     }
-    crc.update(&[deleted as u8]);
-    for b in [key, value] {
+    crc.update(&[r.deleted as u8]);
+    for b in [&r.key, &r.value] {
         crc.update(&(b.len() as u64).to_be_bytes());
         crc.update(b);
     }

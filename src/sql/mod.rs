@@ -121,7 +121,46 @@ impl FromRow for AuthRow {
     }
 }
 
-/// One logged change as a hash reads it.
+/// Pages through the history up to `upto` as compaction to `compact`
+/// leaves it (HashKV, Snapshot and `koine import` read it this way), in
+/// (revision, sub) order, inside one transaction.
+pub struct HistoryPager {
+    upto: Revision,
+    compact: Revision,
+    after: (Revision, i64),
+    done: bool,
+}
+
+impl HistoryPager {
+    const PAGE: i64 = 1000;
+
+    pub fn new(upto: Revision, compact: Revision) -> HistoryPager {
+        HistoryPager {
+            upto,
+            compact,
+            after: (0, -1),
+            done: false,
+        }
+    }
+
+    /// The next page; empty once the history is read.
+    pub async fn next(&mut self, tx: &mut DbTx) -> Result<Vec<HashedRow>> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let page = tx
+            .hash_page(self.upto, self.compact, self.after, Self::PAGE)
+            .await?;
+        match page.last() {
+            Some(r) if page.len() as i64 == Self::PAGE => self.after = (r.revision, r.sub),
+            _ => self.done = true,
+        }
+        Ok(page)
+    }
+}
+
+/// One logged change as a hash reads it (and as `koine import` carries
+/// it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashedRow {
     pub revision: Revision,

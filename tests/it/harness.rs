@@ -265,32 +265,16 @@ impl Etcd {
         let peer = free_port();
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(etcd_binary())
-            .args([
-                "--name",
-                "default",
-                "--data-dir",
-                &dir.path().join("data").display().to_string(),
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-                "--initial-cluster",
-                &format!("default={peer_url}"),
-                "--log-level",
-                "error",
-                "--logger",
-                "zap",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn etcd");
+        let child = etcd_command(
+            &etcd_binary(),
+            &dir.path().join("data"),
+            &endpoint,
+            &peer_url,
+        )
+        // etcd 3.4 logs through capnslog unless told zap.
+        .args(["--logger", "zap"])
+        .spawn()
+        .expect("spawn etcd");
         wait_ready(&endpoint).await;
         Etcd {
             endpoint,
@@ -298,6 +282,33 @@ impl Etcd {
             _dir: dir,
         }
     }
+}
+
+/// etcd (`bin`) as a one-member cluster named "default" on `data`.
+pub fn etcd_command(bin: &Path, data: &Path, endpoint: &str, peer_url: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--name",
+        "default",
+        "--data-dir",
+        &data.display().to_string(),
+        "--listen-client-urls",
+        endpoint,
+        "--advertise-client-urls",
+        endpoint,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        &format!("default={peer_url}"),
+        "--log-level",
+        "error",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
+    cmd
 }
 
 impl Drop for Etcd {

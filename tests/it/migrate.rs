@@ -18,16 +18,19 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp
 use tempfile::TempDir;
 use tokio::process::Command;
 
-use crate::harness::{Etcd, Koine, KoineProcess, code_and_text, etcdctl, free_port, wait_ready};
+use crate::harness::{
+    Etcd, Koine, KoineProcess, code_and_text, etcd_command, etcdctl, free_port, wait_ready,
+};
 
 /// One key as Range answers it: key, create, mod, version, value, lease.
 type Kv = (Vec<u8>, i64, i64, i64, Vec<u8>, i64);
 
-/// Everything at `rev` (0: now): the header revision and the keys, or the
-/// error's code and text.
-async fn dump(c: &mut Client, rev: i64) -> Result<(i64, Vec<Kv>), (tonic::Code, String)> {
-    let opts = GetOptions::new().with_range(vec![0u8]).with_revision(rev);
-    match c.get(vec![0u8], Some(opts)).await {
+/// A Range's answer: the header revision and the keys (versions left out
+/// unless `versions`), or the error's code and text.
+type Answer = Result<(i64, Vec<Kv>), (tonic::Code, String)>;
+
+async fn range(c: &mut Client, key: &[u8], opts: GetOptions, versions: bool) -> Answer {
+    match c.get(key, Some(opts)).await {
         Ok(r) => Ok((
             r.header().expect("header").revision(),
             r.kvs()
@@ -37,7 +40,7 @@ async fn dump(c: &mut Client, rev: i64) -> Result<(i64, Vec<Kv>), (tonic::Code, 
                         kv.key().to_vec(),
                         kv.create_revision(),
                         kv.mod_revision(),
-                        kv.version(),
+                        if versions { kv.version() } else { 0 },
                         kv.value().to_vec(),
                         kv.lease(),
                     )
@@ -48,8 +51,14 @@ async fn dump(c: &mut Client, rev: i64) -> Result<(i64, Vec<Kv>), (tonic::Code, 
     }
 }
 
+/// Everything at `rev` (0: now).
+async fn dump(c: &mut Client, rev: i64) -> Answer {
+    let opts = GetOptions::new().with_range(vec![0u8]).with_revision(rev);
+    range(c, &[0], opts, true).await
+}
+
 /// The answers at every revision from 1 to now.
-async fn history(c: &mut Client) -> Vec<Result<(i64, Vec<Kv>), (tonic::Code, String)>> {
+async fn history(c: &mut Client) -> Vec<Answer> {
     let now = dump(c, 0).await.expect("range").0;
     let mut out = Vec::new();
     for rev in 1..=now {
@@ -264,28 +273,7 @@ impl Tools {
             &peer_url,
         ])
         .await;
-        let child = Command::new(&self.etcd)
-            .args([
-                "--name",
-                "default",
-                "--data-dir",
-                &data.display().to_string(),
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-                "--initial-cluster",
-                &cluster,
-                "--log-level",
-                "error",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
+        let child = etcd_command(&self.etcd, &data, &endpoint, &peer_url)
             .spawn()
             .expect("spawn etcd");
         wait_ready(&endpoint).await;
@@ -432,6 +420,7 @@ async fn koine_database_imports(kind: &str) {
     let want = history(&mut s).await;
     let want_leases = leases(&mut s).await;
     let want_hash = s.hash_kv(0).await.unwrap().hash();
+    let want_events = events_since(&mut s, 25).await;
     let dir = source.stop().await;
     let src = format!("sqlite://{}", dir.path().join("state.db").display());
 
@@ -443,6 +432,40 @@ async fn koine_database_imports(kind: &str) {
     assert_eq!(history(&mut k).await, want);
     assert_eq!(leases(&mut k).await, want_leases);
     assert_eq!(k.hash_kv(0).await.unwrap().hash(), want_hash);
+    // A watch resumed from before the move sees the same changes.
+    assert_eq!(events_since(&mut k, 25).await, want_events);
+}
+
+/// Every change of the last `back` revisions, as a watch (with prev_kv)
+/// delivers them: type, key, value, revisions, the previous value.
+async fn events_since(c: &mut Client, back: i64) -> Vec<String> {
+    let now = dump(c, 0).await.unwrap().0;
+    let from = now - back;
+    let opts = etcd_client::WatchOptions::new()
+        .with_range(vec![0u8])
+        .with_start_revision(from)
+        .with_prev_key();
+    let mut stream = c.watch(vec![0u8], Some(opts)).await.unwrap();
+    let mut out = Vec::new();
+    let mut last = 0;
+    while last < now {
+        let resp = crate::harness::next_watch_response(&mut stream).await;
+        for ev in resp.events() {
+            let kv = ev.kv().unwrap();
+            last = kv.mod_revision();
+            out.push(format!(
+                "{:?} {:?}={:?} c{} m{} v{} prev={:?}",
+                ev.event_type(),
+                kv.key_str(),
+                kv.value(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+                ev.prev_kv().map(|p| (p.value().to_vec(), p.mod_revision()))
+            ));
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -695,27 +718,9 @@ async fn k8s_write(c: &mut Client, key: &str, value: Option<&str>, lease: i64) {
 
 /// What kine answers for /registry/ at `rev`, versions left out (kine
 /// keeps none; Koine counts them as etcd does).
-async fn registry(c: &mut Client, rev: i64) -> Result<(i64, Vec<Kv>), (tonic::Code, String)> {
+async fn registry(c: &mut Client, rev: i64) -> Answer {
     let opts = GetOptions::new().with_prefix().with_revision(rev);
-    match c.get("/registry/", Some(opts)).await {
-        Ok(r) => Ok((
-            r.header().expect("header").revision(),
-            r.kvs()
-                .iter()
-                .map(|kv| {
-                    (
-                        kv.key().to_vec(),
-                        kv.create_revision(),
-                        kv.mod_revision(),
-                        0,
-                        kv.value().to_vec(),
-                        kv.lease(),
-                    )
-                })
-                .collect(),
-        )),
-        Err(e) => Err(code_and_text(e)),
-    }
+    range(c, b"/registry/", opts, false).await
 }
 
 /// kine's database → `koine import` → Koine answers /registry/ as kine did

@@ -181,7 +181,8 @@ func checkWatchCompaction(ctx context.Context, e *env, r *result) error {
 
 // compactLikeAPIServer compacts the backend to its current revision the
 // way kube-apiserver's compactor does: compare-and-swap compact_rev_key
-// (whose version the apiservers use as a shared clock), then Compact.
+// (whose version the apiservers use as a shared clock; the same Txn, Else
+// branch included, which kine recognises), then Compact.
 func compactLikeAPIServer(ctx context.Context, e *env) (int64, error) {
 	for attempt := 0; attempt < 5; attempt++ {
 		resp, err := e.etcd.Get(ctx, compactRevKey)
@@ -196,6 +197,7 @@ func compactLikeAPIServer(ctx context.Context, e *env) (int64, error) {
 		txn, err := e.etcd.Txn(ctx).
 			If(clientv3.Compare(clientv3.Version(compactRevKey), "=", version)).
 			Then(clientv3.OpPut(compactRevKey, strconv.FormatInt(rev, 10))).
+			Else(clientv3.OpGet(compactRevKey)).
 			Commit()
 		if err != nil {
 			return 0, fmt.Errorf("txn on %s: %w", compactRevKey, err)

@@ -170,10 +170,17 @@ func startCluster(ctx context.Context, o *options, procs *processes) (*cluster, 
 	if err := c.kcm.Start(); err != nil {
 		return nil, err
 	}
-	// Controllers are up once the controller-manager holds its lease and
-	// the service-account controller has made the default namespace's
-	// "default" ServiceAccount (Pods cannot be created without it).
-	err = poll(ctx, 500*time.Millisecond, 2*time.Minute, "kube-controller-manager to take its lease and create ServiceAccounts", func(ctx context.Context) (bool, error) {
+	if err := c.waitControllerManager(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// waitControllerManager: controllers are up once the controller-manager
+// holds its lease and the service-account controller has made the default
+// namespace's "default" ServiceAccount (Pods cannot be created without it).
+func (c *cluster) waitControllerManager(ctx context.Context) error {
+	return poll(ctx, 500*time.Millisecond, 2*time.Minute, "kube-controller-manager to take its lease and create ServiceAccounts", func(ctx context.Context) (bool, error) {
 		if !c.kcm.Alive() {
 			return false, permanent(fmt.Errorf("kube-controller-manager exited: %v", c.kcm.ExitErr()))
 		}
@@ -187,10 +194,6 @@ func startCluster(ctx context.Context, o *options, procs *processes) (*cluster, 
 		_, err = c.kube.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
 		return err == nil, err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return c, nil
 }
 
 // startBackends starts the Koine instances on one fresh database (or a

@@ -49,6 +49,8 @@ type options struct {
 	kineBin        string
 	benchObjects   int
 	benchClients   int
+	migratePath    string
+	etcd36Dir      string
 }
 
 // check is one assertion group. run returns nil on success; r collects
@@ -58,7 +60,7 @@ type check struct {
 	timeout   time.Duration
 	koineOnly bool // needs Koine processes (skipped on etcd and kine)
 	haOnly    bool // needs -instances >= 3
-	benchOnly bool // a measurement: runs only when -checks names it
+	onlyNamed bool // a measurement, or a check that swaps the storage: runs only when -checks names it
 	// prepare, if set, runs right after the control plane is up, before
 	// any check, so that slow waits (Event TTL) overlap with other checks.
 	prepare func(ctx context.Context, e *env) error
@@ -80,7 +82,8 @@ func allChecks() []*check {
 		{name: "watch-compaction", timeout: 4 * time.Minute, run: checkWatchCompaction},
 		{name: "kill-restart", timeout: 5 * time.Minute, run: checkKillRestart},
 		{name: "ha", timeout: 5 * time.Minute, koineOnly: true, haOnly: true, run: checkHA},
-		{name: "bench-configmaps", timeout: 20 * time.Minute, benchOnly: true, run: checkBenchConfigMaps},
+		{name: "bench-configmaps", timeout: 20 * time.Minute, onlyNamed: true, run: checkBenchConfigMaps},
+		{name: "migrate", timeout: 10 * time.Minute, onlyNamed: true, run: checkMigrate},
 	}
 }
 
@@ -136,6 +139,8 @@ func run() int {
 	flag.StringVar(&o.kineBin, "kine-bin", "", "the kine binary, for the kine-* backends (default: kine in -bin-dir)")
 	flag.IntVar(&o.benchObjects, "bench-objects", 10000, "ConfigMaps the bench-configmaps check creates")
 	flag.IntVar(&o.benchClients, "bench-clients", 32, "concurrent clients of the bench-configmaps check")
+	flag.StringVar(&o.migratePath, "migrate-path", "koine-sqlite", "the migrate check's moves, in order: koine-sqlite, koine-postgres (needs -dsn), etcd36")
+	flag.StringVar(&o.etcd36Dir, "etcd36-dir", "target/conformance/etcd36", "etcd and etcdutl 3.6, for the migrate check's etcd36 hop")
 	flag.Parse()
 
 	checks, err := selectChecks(o)
@@ -306,7 +311,7 @@ func runCheck(ctx context.Context, e *env, ch *check, r *result) (err error) {
 func finish(o *options, rep *report, started time.Time) {
 	rep.TotalSeconds = time.Since(started).Seconds()
 	fmt.Printf("SUMMARY backend=%s instances=%d: %d passed, %d failed, %d skipped (%s)\n",
-		o.backend, o.instances, rep.Passed, rep.Failed, rep.Skipped, time.Since(started).Round(time.Second))
+		rep.Backend, o.instances, rep.Passed, rep.Failed, rep.Skipped, time.Since(started).Round(time.Second))
 	if o.report == "" {
 		return
 	}
@@ -342,7 +347,7 @@ func selectChecks(o *options) ([]*check, error) {
 	if o.checks == "" || o.checks == "all" {
 		var out []*check
 		for _, c := range all {
-			if !c.benchOnly {
+			if !c.onlyNamed {
 				out = append(out, c)
 			}
 		}
@@ -388,6 +393,15 @@ func resolveBinaries(o *options) error {
 	var err error
 	if o.binDir, err = filepath.Abs(o.binDir); err != nil {
 		return err
+	}
+	if o.etcd36Dir, err = filepath.Abs(o.etcd36Dir); err != nil {
+		return err
+	}
+	// The migrate check runs `koine import` whatever the backend.
+	if o.koineBin != "" {
+		if o.koineBin, err = filepath.Abs(o.koineBin); err != nil {
+			return err
+		}
 	}
 	need := []string{"kube-apiserver", "kube-controller-manager", "kubectl"}
 	if o.backend == "etcd" {
