@@ -9,7 +9,8 @@
 //! relayed to etcd. `serve` is the listener both modes share; `types` the
 //! data model every layer uses.
 //!
-//! The crate's interface is [`run`], [`config`], [`proto`] and [`bench`];
+//! The crate's interface is [`run`], [`config`], [`proto`], [`bench`],
+//! [`import`] and [`shutdown_signal`];
 //! everything else is private to it.
 
 mod alarm;
