@@ -58,8 +58,11 @@ if [ "${KOINE_TEST_KUBERNETES:-1}" != 0 ]; then
     ./scripts/kubernetes.sh storage etcd sqlite postgres mysql
     ./scripts/kubernetes.sh e2e --backend sqlite
     # A running control plane moved between datastores (docs/migration.md).
-    ./scripts/kubernetes.sh e2e --backend kine-sqlite -checks migrate -migrate-path koine-sqlite,etcd36,koine-sqlite
-    ./scripts/kubernetes.sh e2e --backend kine-postgres -checks migrate -migrate-path koine-sqlite,koine-postgres
+    # The workload checks run first, on kine: their objects are moved too.
+    ./scripts/kubernetes.sh e2e --backend kine-sqlite -checks configmaps-secrets,namespace-deletion,deployment,crd,migrate \
+        -crd-objects 1000 -migrate-path koine-sqlite,etcd36,koine-sqlite
+    ./scripts/kubernetes.sh e2e --backend kine-postgres -checks configmaps-secrets,deployment,migrate \
+        -migrate-path koine-sqlite,koine-postgres
     # The tests that need what the Go side built (tests/it/migrate.rs):
     # Koine's snapshots restored by etcd 3.6 and 3.7, kine's databases
     # imported.

@@ -63,6 +63,12 @@ pub struct DialectSql {
     /// Deletes the log rows in `[?, ?)` superseded by a newer row of their
     /// key at or below `?` (the compact revision).
     pub compact_superseded: &'static str,
+    /// Deletes the log rows below `?` (an earlier compaction kept them as
+    /// their key's newest version) that a row of their key in `[?, ?)`, at
+    /// or below `?` (the compact revision), supersedes. Without it a key
+    /// kept by one compaction and deleted before the next would live on in
+    /// the history (HashKV, snapshots) once its tombstone is removed.
+    pub compact_older: &'static str,
     /// The database's size in bytes.
     /// Gives freed space back (etcd's Defragment): run outside any
     /// transaction, on the writer's connection.
@@ -96,6 +102,12 @@ pub const ON_CONFLICT_UPSERT: &str = "ON CONFLICT (k) DO UPDATE SET create_revis
 pub const COMPACT_SUPERSEDED_EXISTS: &str = "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND EXISTS \
     (SELECT 1 FROM koine_log n WHERE n.k = koine_log.k \
     AND n.revision > koine_log.revision AND n.revision <= ?)";
+
+/// `compact_older` for PostgreSQL and SQLite: the newer rows of the step
+/// drive it (through the (k, revision) index), not the whole older log.
+pub const COMPACT_OLDER_IN: &str = "DELETE FROM koine_log WHERE (k, revision) IN \
+    (SELECT o.k, o.revision FROM koine_log n JOIN koine_log o ON o.k = n.k AND o.revision < ? \
+    WHERE n.revision >= ? AND n.revision < ? AND n.revision <= ?)";
 
 /// The shared part of every dialect's error classification: connection
 /// failures are `Unavailable` whatever the database; `unavailable_code`

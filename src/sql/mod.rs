@@ -938,6 +938,18 @@ impl DbTx {
                 &[Arg::I64(from), Arg::I64(to), Arg::I64(compact)],
             )
             .await?;
+        // Before the tombstones go: they are what supersedes older rows.
+        let older = self
+            .exec(
+                Q::LogCompactOlder,
+                &[
+                    Arg::I64(from),
+                    Arg::I64(from),
+                    Arg::I64(to),
+                    Arg::I64(compact),
+                ],
+            )
+            .await?;
         let tombstones = self
             .exec(
                 Q::LogCompactTombstones,
@@ -947,7 +959,7 @@ impl DbTx {
         self.exec(Q::BatchPrune, &[Arg::I64(compact)]).await?;
         self.exec(Q::MetaSetCompactedTo, &[Arg::I64(to - 1)])
             .await?;
-        Ok(superseded + tombstones)
+        Ok(superseded + older + tombstones)
     }
 
     /// `koine import`'s last step: the store's revisions (the log is

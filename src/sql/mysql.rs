@@ -33,6 +33,9 @@ pub const SQL: DialectSql = DialectSql {
     compact_superseded: "DELETE l FROM koine_log l JOIN koine_log n ON n.k = l.k \
         AND n.revision > l.revision WHERE l.revision >= ? AND l.revision < ? \
         AND n.revision <= ?",
+    // MySQL cannot name the table it deletes from in a subquery: a join.
+    compact_older: "DELETE o FROM koine_log o JOIN koine_log n ON n.k = o.k \
+        WHERE o.revision < ? AND n.revision >= ? AND n.revision < ? AND n.revision <= ?",
     defragment: "OPTIMIZE TABLE koine_log, koine_kv, koine_batch, koine_lease, koine_auth_token",
     db_size: "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS SIGNED) \
         FROM information_schema.tables WHERE table_schema = DATABASE()",

@@ -28,6 +28,7 @@ pub const SQL: DialectSql = DialectSql {
     lock_meta: " FOR UPDATE",
     kv_upsert: dialect::ON_CONFLICT_UPSERT,
     compact_superseded: dialect::COMPACT_SUPERSEDED_EXISTS,
+    compact_older: dialect::COMPACT_OLDER_IN,
     defragment: "VACUUM FULL koine_log, koine_kv, koine_batch, koine_lease, koine_auth_token",
     db_size: "SELECT CAST(pg_database_size(current_database()) AS BIGINT)",
     notify: Some("SELECT pg_notify('koine_revision', CAST(CAST(? AS BIGINT) AS TEXT))"),

@@ -45,6 +45,7 @@ pub enum Q {
     KvByLease,
     LogChanges,
     LogCompactSuperseded,
+    LogCompactOlder,
     LogCompactTombstones,
     LeaseGet,
     LeaseList,
@@ -97,6 +98,7 @@ impl Queries {
             now_ms,
             lock_meta,
             compact_superseded,
+            compact_older,
             db_size,
             ..
         } = *sql;
@@ -259,6 +261,7 @@ impl Queries {
                     .into(),
             ),
             (Q::LogCompactSuperseded, compact_superseded.into()),
+            (Q::LogCompactOlder, compact_older.into()),
             (
                 Q::LogCompactTombstones,
                 "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND deleted = 1 \

@@ -28,6 +28,7 @@ pub const SQL: DialectSql = DialectSql {
     lock_meta: "",
     kv_upsert: dialect::ON_CONFLICT_UPSERT,
     compact_superseded: dialect::COMPACT_SUPERSEDED_EXISTS,
+    compact_older: dialect::COMPACT_OLDER_IN,
     defragment: "VACUUM; PRAGMA wal_checkpoint(TRUNCATE)",
     db_size: "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
     notify: None,

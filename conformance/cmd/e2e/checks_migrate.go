@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 
 	"koine.local/conformance/internal/proc"
@@ -251,6 +252,12 @@ func (e *env) move(ctx context.Context, hop string, r *result) error {
 	port := strings.TrimPrefix(endpoint, "http://127.0.0.1:")
 
 	e.kcm.Stop(30 * time.Second)
+	// With the controllers stopped nothing but the apiserver itself
+	// writes: every object of these kinds must come back as it was.
+	before, err := e.inventory(ctx)
+	if err != nil {
+		return err
+	}
 	e.apiserver.Stop(30 * time.Second)
 
 	// A snapshot is taken from the running datastore (etcd, or Koine
@@ -361,8 +368,76 @@ func (e *env) move(ctx context.Context, hop string, r *result) error {
 	if err := e.waitAPIServerReady(ctx, e.o.startupTimeout); err != nil {
 		return err
 	}
+	after, err := e.inventory(ctx)
+	if err != nil {
+		return err
+	}
+	if gone, added := diff(before, after); len(gone)+len(added) > 0 {
+		return fmt.Errorf("the objects differ after the move (of %d): gone or changed %v; new or changed %v", len(before), gone, added)
+	}
+	r.note("objects_compared_"+hop, len(before))
 	if err := e.kcm.Start(); err != nil {
 		return err
 	}
 	return e.waitControllerManager(ctx)
+}
+
+// inventoryGVRs: the kinds the move must carry over unchanged (the
+// workload checks' objects and the control plane's own), listed through
+// the apiserver. Leases and Endpoints are left out: the apiserver renews
+// its own at start.
+var inventoryGVRs = []schema.GroupVersionResource{
+	{Version: "v1", Resource: "namespaces"},
+	{Version: "v1", Resource: "configmaps"},
+	{Version: "v1", Resource: "secrets"},
+	{Version: "v1", Resource: "serviceaccounts"},
+	{Version: "v1", Resource: "pods"},
+	{Version: "v1", Resource: "podtemplates"},
+	{Group: "apps", Version: "v1", Resource: "deployments"},
+	{Group: "apps", Version: "v1", Resource: "replicasets"},
+	{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
+	{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"},
+}
+
+// inventory lists every object of inventoryGVRs (and of the crd check's
+// custom resource, when it exists): kind, namespace, name and
+// resourceVersion, sorted.
+func (e *env) inventory(ctx context.Context) ([]string, error) {
+	var out []string
+	gvrs := append([]schema.GroupVersionResource{}, inventoryGVRs...)
+	if _, err := e.dyn.Resource(widgetGVR).List(ctx, metav1.ListOptions{Limit: 1}); err == nil {
+		gvrs = append(gvrs, widgetGVR)
+	}
+	for _, gvr := range gvrs {
+		list, err := e.dyn.Resource(gvr).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("listing %s: %w", gvr.Resource, err)
+		}
+		for _, it := range list.Items {
+			out = append(out, fmt.Sprintf("%s %s/%s@%s", gvr.Resource, it.GetNamespace(), it.GetName(), it.GetResourceVersion()))
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// diff: what only a has, what only b has (both sorted).
+func diff(a, b []string) (onlyA, onlyB []string) {
+	inB := map[string]bool{}
+	for _, x := range b {
+		inB[x] = true
+	}
+	inA := map[string]bool{}
+	for _, x := range a {
+		inA[x] = true
+		if !inB[x] {
+			onlyA = append(onlyA, x)
+		}
+	}
+	for _, x := range b {
+		if !inA[x] {
+			onlyB = append(onlyB, x)
+		}
+	}
+	return onlyA, onlyB
 }
