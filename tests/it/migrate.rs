@@ -496,6 +496,121 @@ async fn sqlite_database_imports_into_mysql() {
     koine_database_imports("mysql").await;
 }
 
+/// Runs statements on a Koine database directly, as SQL (the upgrade test
+/// puts back what an earlier build left in it).
+async fn sql(dsn: &str, statements: &[String]) {
+    use sqlx::{Connection, Executor};
+    async fn all<C: Connection>(mut c: C, statements: &[String])
+    where
+        for<'c> &'c mut C: Executor<'c>,
+    {
+        for s in statements {
+            c.execute(sqlx::AssertSqlSafe(s.as_str())).await.expect(s);
+        }
+    }
+    if dsn.starts_with("postgres") {
+        all(sqlx::PgConnection::connect(dsn).await.unwrap(), statements).await
+    } else if dsn.starts_with("mysql") {
+        all(
+            sqlx::MySqlConnection::connect(dsn).await.unwrap(),
+            statements,
+        )
+        .await
+    } else {
+        all(
+            sqlx::SqliteConnection::connect(dsn).await.unwrap(),
+            statements,
+        )
+        .await
+    }
+}
+
+/// A database compacted by a build before the compaction fix: a key the
+/// first compaction kept, deleted and compacted past, kept its old row
+/// (a read at a revision before its re-creation saw it live), and a key
+/// kept then updated kept its superseded row. The schema migration that
+/// comes with the fix removes both once, and nothing else of a history
+/// with leases, Txns, range deletes and two more compactions: afterwards
+/// every revision, and HashKV, answer as on a database this build
+/// compacted.
+async fn upgrade_repairs_compacted_history(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let dsn = target_dsn(kind, &dir).await;
+    let koine = Koine::start_on(&dsn, &[]).await;
+    let mut c = connect(&koine.endpoint).await;
+    let rev = |r: etcd_client::PutResponse| r.header().unwrap().revision();
+    let gone = rev(c.put("/gone", "g", None).await.unwrap());
+    let kept = rev(c.put("/kept", "k1", None).await.unwrap());
+    let first = rev(c.put("/other", "o1", None).await.unwrap());
+    let physical = || Some(etcd_client::CompactionOptions::new().with_physical());
+    c.compact(first, physical()).await.unwrap();
+    c.delete("/gone", None).await.unwrap();
+    c.put("/kept", "k2", None).await.unwrap();
+    // Compacts twice more, physically at the end, past the delete; the
+    // repair must leave all of this history as it is.
+    write_history(&mut c).await;
+    c.put("/gone", "back", None).await.unwrap();
+    let want = history(&mut c).await;
+    let hash = c.hash_kv(0).await.unwrap();
+    let (want_hash, compacted) = (hash.hash(), hash.compact_version());
+    assert!(
+        want[compacted as usize - 1]
+            .as_ref()
+            .unwrap()
+            .1
+            .iter()
+            .all(|kv| kv.0 != b"/gone"),
+        "/gone is deleted at the compact revision"
+    );
+    koine.stop().await;
+
+    let blob = |v: &str| {
+        let hex: String = v.bytes().map(|b| format!("{b:02x}")).collect();
+        match kind {
+            "postgres" => format!("decode('{hex}', 'hex')"),
+            _ => format!("X'{hex}'"),
+        }
+    };
+    let row = |revision: i64, key: &str, value: &str| {
+        format!(
+            "INSERT INTO koine_log (revision, sub, k, create_revision, version, lease, value, \
+             deleted, prev_revision) VALUES ({revision}, 0, {}, {revision}, 1, 0, {}, 0, 0)",
+            blob(key),
+            blob(value)
+        )
+    };
+    let repair = if kind == "sqlite" { 6 } else { 5 };
+    sql(
+        &dsn,
+        &[
+            row(gone, "/gone", "g"),
+            row(kept, "/kept", "k1"),
+            format!("DELETE FROM _sqlx_migrations WHERE version = {repair}"),
+        ],
+    )
+    .await;
+
+    let koine = Koine::start_on(&dsn, &[]).await;
+    let mut c = connect(&koine.endpoint).await;
+    assert_eq!(history(&mut c).await, want);
+    assert_eq!(c.hash_kv(0).await.unwrap().hash(), want_hash);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_repairs_compacted_history_sqlite() {
+    upgrade_repairs_compacted_history("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_repairs_compacted_history_postgres() {
+    upgrade_repairs_compacted_history("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_repairs_compacted_history_mysql() {
+    upgrade_repairs_compacted_history("mysql").await;
+}
+
 /// Waits for `needle` in a growing log file.
 async fn wait_log(path: &Path, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
