@@ -15,6 +15,7 @@
 
 mod alarm;
 mod auth;
+mod authority;
 mod bbolt;
 pub mod bench;
 pub mod config;

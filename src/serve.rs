@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -68,7 +69,9 @@ pub async fn serve_routes(
     };
     router
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|conn| conn.map(crate::authority::AuthorityFix::new)),
             shutdown,
         )
         .await?;

@@ -81,20 +81,24 @@ async fn etcdctl_kv_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_cluster_and_maintenance() {
     let k = Koine::start(&[]).await;
-    // etcdctl 3.4 dials each endpoint of `endpoint status/health` with the
-    // URL as the HTTP/2 authority when it has a scheme; the Rust HTTP/2
-    // stack rejects that, so these commands take the bare HOST:PORT form
-    // (which etcdctl 3.4 also accepts; 3.5 sends a valid authority).
+    // etcdctl 3.4 dials each endpoint of `endpoint status/hash/hashkv`
+    // with the URL as the HTTP/2 :authority when it has a scheme (which
+    // h2 alone would reset); both forms work.
+    etcdctl(&k.endpoint, &["put", "k", "v"]).await;
     let bare = k.addr.to_string();
-    let e = bare.as_str();
-    let st = json(&etcdctl(e, &["endpoint", "status", "-w", "json"]).await);
-    let st = &st[0]["Status"];
-    assert_eq!(st["version"], "3.5.13");
-    assert!(st["dbSize"].as_i64().unwrap() > 0);
-    assert_eq!(st["leader"], st["header"]["member_id"]);
-    // etcdctl 3.4 prints the health line on stderr.
-    let (ok, out, err) = etcdctl_raw(e, &["endpoint", "health"], None).await;
-    assert!(ok && (out + &err).contains("is healthy"), "{err}");
+    for e in [k.endpoint.as_str(), bare.as_str()] {
+        let st = json(&etcdctl(e, &["endpoint", "status", "-w", "json"]).await);
+        let st = &st[0]["Status"];
+        assert_eq!(st["version"], "3.5.13");
+        assert!(st["dbSize"].as_i64().unwrap() > 0);
+        assert_eq!(st["leader"], st["header"]["member_id"]);
+        let h = json(&etcdctl(e, &["endpoint", "hashkv", "-w", "json"]).await);
+        assert!(h[0]["HashKV"]["hash"].as_u64().unwrap() > 0, "{h}");
+        // etcdctl 3.4 prints the health line on stderr.
+        let (ok, out, err) = etcdctl_raw(e, &["endpoint", "health"], None).await;
+        assert!(ok && (out + &err).contains("is healthy"), "{err}");
+    }
+    let e = k.endpoint.as_str();
     let m = json(&etcdctl(e, &["member", "list", "-w", "json"]).await);
     assert_eq!(m["members"].as_array().unwrap().len(), 1);
     assert_eq!(m["members"][0]["clientURLs"][0], k.endpoint);

@@ -223,4 +223,22 @@ async fn tls_with_client_certificates() {
     .await;
     assert!(ok, "{err}");
     assert_eq!(out, "secure\nyes\n");
+    // etcdctl 3.4 sends the https:// URL as the HTTP/2 :authority here.
+    let (ok, out, err) = etcdctl_raw(
+        &https,
+        &[
+            "--cacert",
+            &ca,
+            "--cert",
+            &p("client.pem"),
+            "--key",
+            &p("client.key"),
+            "endpoint",
+            "status",
+        ],
+        None,
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with(&format!("{https}, ")), "{out}");
 }
