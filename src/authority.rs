@@ -268,27 +268,23 @@ fn encode_block(stream: u32, end_stream: u8, fields: &[(Vec<u8>, Vec<u8>)]) -> V
         put_int(&mut block, 0, 7, value.len());
         block.extend_from_slice(value);
     }
-    let mut out = Vec::with_capacity(block.len() + FRAME_HEADER * 2);
-    let mut chunks = block.chunks(MAX_FRAME).peekable();
-    let mut first = true;
     // An empty block still needs its HEADERS frame.
-    let empty: &[u8] = &[];
-    let mut next = chunks.next().or(Some(empty));
-    while let Some(chunk) = next {
-        next = chunks.next();
-        let (kind, mut flags) = if first {
+    let frames = block.len().div_ceil(MAX_FRAME).max(1);
+    let mut out = Vec::with_capacity(block.len() + FRAME_HEADER * frames);
+    for i in 0..frames {
+        let chunk = &block[i * MAX_FRAME..block.len().min((i + 1) * MAX_FRAME)];
+        let (kind, mut flags) = if i == 0 {
             (HEADERS, end_stream)
         } else {
             (CONTINUATION, 0)
         };
-        if next.is_none() {
+        if i + 1 == frames {
             flags |= END_HEADERS;
         }
         let len = chunk.len();
         out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
         out.extend_from_slice(&stream.to_be_bytes());
         out.extend_from_slice(chunk);
-        first = false;
     }
     out
 }
