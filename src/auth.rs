@@ -206,8 +206,13 @@ impl Perm {
     }
 
     fn grants(&self, write: bool) -> bool {
-        let kind = PermType::try_from(self.kind).unwrap_or(PermType::Read);
-        kind == PermType::Readwrite || (kind == PermType::Write) == write
+        // A type etcd does not know grants nothing (as etcd: fail closed).
+        match PermType::try_from(self.kind) {
+            Ok(PermType::Readwrite) => true,
+            Ok(PermType::Write) => write,
+            Ok(PermType::Read) => !write,
+            Err(_) => false,
+        }
     }
 }
 
@@ -444,6 +449,10 @@ pub struct Caller {
     pub roles: Vec<String>,
     admin: bool,
     perms: Vec<Perm>,
+    /// Its token names an auth revision older than the store's (a JWT
+    /// handed out before a change): etcd refuses its key operations with
+    /// "revision of auth store is old", and clients authenticate again.
+    stale: bool,
 }
 
 impl Caller {
@@ -451,9 +460,25 @@ impl Caller {
         self.admin
     }
 
-    /// Whether the caller may read (or write) each of `keys`.
-    pub fn may_all(&self, write: bool, keys: &[Bytes]) -> bool {
-        keys.iter().all(|k| self.may(write, k, b""))
+    /// etcd's isOpPermitted: the token's revision is current, and the
+    /// caller may read (or write) every key of `[key, end)`.
+    pub fn check(&self, write: bool, key: &[u8], end: &[u8]) -> std::result::Result<(), AuthError> {
+        if self.stale {
+            Err(AuthError::OldRevision)
+        } else if self.may(write, key, end) {
+            Ok(())
+        } else {
+            Err(AuthError::PermissionDenied)
+        }
+    }
+
+    /// etcd's checks of a lease's keys: root may, anyone else needs the
+    /// permission on each key.
+    pub fn check_all(&self, write: bool, keys: &[Bytes]) -> std::result::Result<(), AuthError> {
+        if self.admin {
+            return Ok(());
+        }
+        keys.iter().try_for_each(|k| self.check(write, k, b""))
     }
 
     /// Whether the caller may read (or write) every key of `[key, end)`
@@ -769,7 +794,7 @@ impl Auth {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let from_token = token.is_some();
-        let user = match token {
+        let (user, stale) = match token {
             Some(token) => self.user_of(&token, &st).await?,
             // etcd: without a token, the common name of the client's
             // verified TLS certificate is the user.
@@ -777,7 +802,7 @@ impl Auth {
                 .get(crate::serve::CERT_USER_HEADER)
                 .and_then(|v| v.to_str().ok())
             {
-                Some(cn) => cn.to_string(),
+                Some(cn) => (cn.to_string(), false),
                 None => return Err(Error::Auth(AuthError::UserEmpty)),
             },
         };
@@ -791,6 +816,7 @@ impl Auth {
                 roles: Vec::new(),
                 admin: false,
                 perms: Vec::new(),
+                stale,
             }));
         };
         let perms = u
@@ -805,14 +831,20 @@ impl Auth {
             roles: u.roles.iter().cloned().collect(),
             user,
             perms,
+            stale,
         }))
     }
 
-    async fn user_of(&self, token: &str, st: &State) -> Result<String> {
+    /// The user a token names, and whether it names an older auth
+    /// revision than `st` (only JWTs carry one: a simple token is dropped
+    /// when its user changes).
+    async fn user_of(&self, token: &str, st: &State) -> Result<(String, bool)> {
         if let TokenKind::Jwt(jwt) = &self.kind {
-            let v = jsonwebtoken::Validation::new(jwt.alg);
+            let mut v = jsonwebtoken::Validation::new(jwt.alg);
+            // Expired is expired (etcd's JWT check allows no leeway).
+            v.leeway = 0;
             return jsonwebtoken::decode::<Claims>(token, &jwt.verifying, &v)
-                .map(|t| t.claims.username)
+                .map(|t| (t.claims.username, (t.claims.revision as i64) < st.revision))
                 .map_err(|_| Error::Auth(AuthError::InvalidToken));
         }
         let now = Instant::now();
@@ -844,7 +876,7 @@ impl Auth {
                     }
                 });
             }
-            return Ok(user);
+            return Ok((user, false));
         }
         match self.db.token(token.as_bytes()).await? {
             Some((user, left_ms)) if left_ms > 0 => {
@@ -855,7 +887,7 @@ impl Auth {
                     .saturating_sub(Duration::from_millis(left_ms as u64));
                 let stored = now.checked_sub(age).unwrap_or(now);
                 self.remember(token, &user, st.revision, now, stored);
-                Ok(user)
+                Ok((user, false))
             }
             _ => Err(Error::Auth(AuthError::InvalidToken)),
         }
@@ -880,7 +912,20 @@ mod tests {
             roles: vec!["r".into()],
             admin: false,
             perms,
+            stale: false,
         }
+    }
+
+    #[test]
+    fn a_permission_type_etcd_does_not_know_grants_nothing() {
+        let c = caller(vec![Perm {
+            key: Bytes::from_static(b"/a"),
+            end: Bytes::new(),
+            kind: 5,
+        }]);
+        assert!(!c.may(false, b"/a", b""));
+        assert!(!c.may(true, b"/a", b""));
+        assert_eq!(c.check(false, b"/a", b""), Err(AuthError::PermissionDenied));
     }
 
     #[test]

@@ -21,11 +21,24 @@
 //! Under TLS (tonic's, around this wrapper) it sees no preface and hands
 //! the stream over at once; etcdctl 3.4 sends a well-formed authority
 //! there (`tls_with_client_certificates` checks `endpoint status`).
+//!
+//! It holds no more than h2 would, as h2 bounds it: a header block is
+//! buffered up to [`MAX_BLOCK`] bytes (a HEADERS frame and the
+//! CONTINUATIONs h2 accepts for a [`MAX_HEADER_LIST`] list), decoding
+//! stops keeping fields once their decoded size (RFC 7541's name + value
+//! + 32 per field, the size h2 limits) passes [`MAX_HEADER_LIST`] — HPACK
+//! lets a small block expand a thousandfold — and a header block must be
+//! complete within [`BLOCK_TIMEOUT`] of its first byte, or the connection
+//! is closed. A block over either limit is handed over as it came, and h2
+//! refuses it as it refuses any other.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -42,8 +55,16 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// The largest frame h2 accepts unless told otherwise (SETTINGS default).
 const MAX_FRAME: usize = 16_384;
-/// A header block larger than this is handed over unread (h2 refuses it).
-const MAX_BLOCK: usize = 1 << 20;
+/// The largest decoded header list the server accepts (hyper's default,
+/// set explicitly on the listener by `serve.rs`).
+pub const MAX_HEADER_LIST: usize = 16 << 10;
+/// The most bytes of one header block held while it is incomplete: a
+/// HEADERS frame and five CONTINUATIONs, what h2 accepts for a header list
+/// of [`MAX_HEADER_LIST`] in frames of [`MAX_FRAME`]. A larger block is
+/// handed over unread (h2 refuses it).
+const MAX_BLOCK: usize = 6 * (FRAME_HEADER + MAX_FRAME);
+/// How long a header block may take from its first byte to its last.
+pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Mode {
     /// Waiting for the HTTP/2 preface.
@@ -68,6 +89,9 @@ pub struct AuthorityFix<T> {
     /// Payload bytes of a frame passed through that are still to come.
     skip: usize,
     decoder: Option<Box<loona_hpack::Decoder<'static>>>,
+    /// When the bytes held now (an unfinished frame header or header
+    /// block) must be complete.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> AuthorityFix<T> {
@@ -79,6 +103,7 @@ impl<T> AuthorityFix<T> {
             ready: 0,
             skip: 0,
             decoder: None,
+            deadline: None,
         }
     }
 
@@ -154,15 +179,27 @@ impl<T> AuthorityFix<T> {
             .get_or_insert_with(|| Box::new(loona_hpack::Decoder::new()));
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut malformed = false;
+        let mut size = 0usize;
         let decoded = decoder.decode_with_cb(&fragment, |name: Cow<[u8]>, value: Cow<[u8]>| {
+            // Past the limit nothing is looked at or kept: the decoder
+            // still runs to the end of the block, borrowing each field.
+            if size > MAX_HEADER_LIST {
+                return;
+            }
+            size += name.len() + value.len() + 32;
+            if size > MAX_HEADER_LIST {
+                fields = Vec::new();
+                return;
+            }
             if &*name == b":authority" && http::uri::Authority::try_from(&*value).is_err() {
                 malformed = true;
                 return;
             }
             fields.push((name.into_owned(), value.into_owned()));
         });
-        if decoded.is_err() {
-            // h2 will say what is wrong with it.
+        if decoded.is_err() || size > MAX_HEADER_LIST {
+            // h2 will say what is wrong with it (a header list too large,
+            // or one it cannot decode).
             self.mode = Mode::Raw;
             self.decoder = None;
             return None;
@@ -309,6 +346,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
             {
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
+            if let Some(deadline) = this.deadline.as_mut()
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "HTTP/2 header block not complete in time",
+                )));
+            }
             let mut chunk = [0u8; 8192];
             let mut read = ReadBuf::new(&mut chunk);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
@@ -316,6 +361,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
                 // End of stream: whatever is held goes as it is.
                 this.mode = Mode::Raw;
                 this.skip = 0;
+                this.deadline = None;
                 this.ready = this.buf.len();
                 if this.ready == 0 {
                     return Poll::Ready(Ok(()));
@@ -324,6 +370,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
             }
             this.buf.extend_from_slice(read.filled());
             this.process();
+            if this.buf.len() == this.ready {
+                this.deadline = None;
+            } else if this.deadline.is_none() {
+                this.deadline = Some(Box::pin(tokio::time::sleep(BLOCK_TIMEOUT)));
+            }
         }
     }
 }
@@ -473,6 +524,89 @@ mod tests {
         let mut got = Vec::new();
         fix.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, http1);
+    }
+
+    /// A header block that inserts one 4,000-byte field into the HPACK
+    /// table and then names it by index `repeats` times (one byte each),
+    /// after a malformed `:authority`: decoded, ~4,000 times its size.
+    pub(crate) fn hpack_bomb(repeats: usize) -> Vec<u8> {
+        let mut block = Vec::new();
+        // :authority (static index 1), literal without indexing.
+        let bad = b"http://127.0.0.1:2379";
+        block.push(0x01);
+        put_int(&mut block, 0, 7, bad.len());
+        block.extend_from_slice(bad);
+        // x-big: 4,000 bytes, literal with incremental indexing (index 62).
+        block.push(0x40);
+        put_int(&mut block, 0, 7, 5);
+        block.extend_from_slice(b"x-big");
+        put_int(&mut block, 0, 7, 4000);
+        block.extend_from_slice(&[b'a'; 4000]);
+        block.extend(std::iter::repeat_n(0x80 | 62, repeats));
+        let mut out = PREFACE.to_vec();
+        let frames = block.len().div_ceil(MAX_FRAME);
+        for (i, chunk) in block.chunks(MAX_FRAME).enumerate() {
+            let kind = if i == 0 { HEADERS } else { CONTINUATION };
+            let flags = if i + 1 == frames { END_HEADERS } else { 0 };
+            let len = chunk.len();
+            out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
+            out.extend_from_slice(&1u32.to_be_bytes());
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn header_lists_over_the_limit_are_handed_over_unread() {
+        // 60 KiB of block, ~240 MB decoded: within MAX_BLOCK, so decoded,
+        // but nothing past MAX_HEADER_LIST is kept and the block goes to
+        // h2 as it came (h2 refuses it).
+        let bytes = hpack_bomb(60_000);
+        assert!(bytes.len() < MAX_BLOCK);
+        let mut fix = AuthorityFix::new(tokio::io::empty());
+        fix.buf.extend_from_slice(&bytes);
+        fix.process();
+        assert!(matches!(fix.mode, Mode::Raw));
+        assert!(fix.decoder.is_none());
+        assert_eq!(fix.ready, bytes.len());
+        assert_eq!(&fix.buf[..], &bytes[..]);
+        // Larger than h2 buffers: not decoded at all.
+        let bytes = hpack_bomb(1 << 20);
+        let mut fix = AuthorityFix::new(tokio::io::empty());
+        fix.buf
+            .extend_from_slice(&bytes[..MAX_BLOCK + PREFACE.len() + 1]);
+        fix.process();
+        assert!(matches!(fix.mode, Mode::Raw));
+        assert!(fix.decoder.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unfinished_header_block_closes_the_connection_in_time() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut fix = AuthorityFix::new(server);
+        let bytes = hpack_bomb(10);
+        // All but the last byte: the block stays incomplete.
+        client.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
+        let start = tokio::time::Instant::now();
+        let mut got = Vec::new();
+        let err = fix.read_to_end(&mut got).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), BLOCK_TIMEOUT);
+        // A block that completes in time passes.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut fix = AuthorityFix::new(server);
+        let good = client_bytes(&[b"127.0.0.1:2379"]);
+        let (head, tail) = good.split_at(PREFACE.len() + 20);
+        client.write_all(head).await.unwrap();
+        let mut first = vec![0u8; PREFACE.len()];
+        fix.read_exact(&mut first).await.unwrap();
+        tokio::time::sleep(BLOCK_TIMEOUT / 2).await;
+        client.write_all(tail).await.unwrap();
+        drop(client);
+        let mut rest = Vec::new();
+        fix.read_to_end(&mut rest).await.unwrap();
+        assert_eq!([first, rest].concat(), good);
     }
 
     #[test]

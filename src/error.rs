@@ -40,6 +40,7 @@ pub mod text {
     pub const INVALID_AUTH_MGMT: &str = "etcdserver: invalid auth management";
     pub const ROOT_USER_NOT_EXIST: &str = "etcdserver: root user does not exist";
     pub const ROOT_ROLE_NOT_EXIST: &str = "etcdserver: root user does not have root role";
+    pub const AUTH_OLD_REVISION: &str = "etcdserver: revision of auth store is old";
     /// etcd answers this one with code Unknown (its auth package's error,
     /// not one of rpctypes').
     pub const NO_PASSWORD_USER: &str =
@@ -66,6 +67,9 @@ pub enum AuthError {
     RootUserNotExist,
     RootRoleNotExist,
     NoPasswordUser,
+    /// A JWT issued at an auth revision older than the store's: etcd
+    /// refuses its key operations until the client authenticates again.
+    OldRevision,
 }
 
 impl AuthError {
@@ -90,6 +94,7 @@ impl AuthError {
             RootUserNotExist => (Code::FailedPrecondition, ROOT_USER_NOT_EXIST),
             RootRoleNotExist => (Code::FailedPrecondition, ROOT_ROLE_NOT_EXIST),
             NoPasswordUser => (Code::Unknown, NO_PASSWORD_USER),
+            OldRevision => (Code::InvalidArgument, AUTH_OLD_REVISION),
         }
     }
 }

@@ -53,6 +53,8 @@ pub async fn serve_routes(
         // stream's 64 KiB window already bounds what one stream buffers; a
         // larger connection window lets such bursts through.
         .initial_connection_window_size(CONNECTION_WINDOW)
+        // What `authority.rs` bounds its own decoding by.
+        .http2_max_header_list_size(crate::authority::MAX_HEADER_LIST as u32)
         .http2_keepalive_interval(Some(Duration::from_secs(7200)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = tls {

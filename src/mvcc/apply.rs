@@ -460,6 +460,7 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
         CompareResult::NotEqual => ord.is_ne(),
         CompareResult::Greater => ord.is_gt(),
         CompareResult::Less => ord.is_lt(),
+        CompareResult::Unknown => true,
     }
 }
 

@@ -84,7 +84,10 @@ pub async fn range(tx: &mut DbTx, req: &RangeRequest, at: ReadPoint) -> Result<R
 /// can answer without a separate count: `None` for all of them.
 pub fn fetch_limit(o: &RangeOptions) -> Option<i64> {
     let post_process = o.sort_order != SortOrder::None || o.has_filters();
-    (o.limit > 0 && !post_process).then(|| o.limit + 1)
+    // A limit too large for one more row is no limit at all.
+    (o.limit > 0 && !post_process)
+        .then(|| o.limit.checked_add(1))
+        .flatten()
 }
 
 /// The answer when `kvs` is everything in the range at the read revision.
@@ -195,6 +198,11 @@ mod tests {
         // A fetch needs one row more than the limit to tell `more`; none
         // when sorting or filtering happens after the fetch.
         assert_eq!(fetch_limit(&o), Some(4));
+        let huge = RangeOptions {
+            limit: i64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(fetch_limit(&huge), None);
         let sorted = RangeOptions {
             sort_order: SortOrder::Descend,
             ..o.clone()

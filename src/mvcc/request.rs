@@ -105,6 +105,9 @@ pub enum CompareResult {
     Greater,
     Less,
     NotEqual,
+    /// A result etcd does not know: the compare holds (etcd's compareKV
+    /// falls through to true), except on a missing key's value.
+    Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -45,20 +45,28 @@ impl AuthService {
 /// previous values), a Txn everything its compares and both of its branches
 /// touch, nested Txns included.
 pub fn check_range(c: &Caller, r: &pb::RangeRequest) -> Result<(), Status> {
-    permit(c.may(false, &r.key, &r.range_end))
+    Ok(c.check(false, &r.key, &r.range_end)?)
 }
 
 pub fn check_put(c: &Caller, r: &pb::PutRequest) -> Result<(), Status> {
-    permit(c.may(true, &r.key, b"") && (!r.prev_kv || c.may(false, &r.key, b"")))
+    c.check(true, &r.key, b"")?;
+    if r.prev_kv {
+        c.check(false, &r.key, b"")?;
+    }
+    Ok(())
 }
 
 pub fn check_delete(c: &Caller, r: &pb::DeleteRangeRequest) -> Result<(), Status> {
-    permit(c.may(true, &r.key, &r.range_end) && (!r.prev_kv || c.may(false, &r.key, &r.range_end)))
+    c.check(true, &r.key, &r.range_end)?;
+    if r.prev_kv {
+        c.check(false, &r.key, &r.range_end)?;
+    }
+    Ok(())
 }
 
 pub fn check_txn(c: &Caller, t: &pb::TxnRequest) -> Result<(), Status> {
     for cmp in &t.compare {
-        permit(c.may(false, &cmp.key, &cmp.range_end))?;
+        c.check(false, &cmp.key, &cmp.range_end)?;
     }
     for op in t.success.iter().chain(&t.failure) {
         match &op.request {
@@ -70,6 +78,18 @@ pub fn check_txn(c: &Caller, t: &pb::TxnRequest) -> Result<(), Status> {
         }
     }
     Ok(())
+}
+
+/// The leases the Puts of a Txn attach their keys to, both branches and
+/// nested Txns included (each needs etcd's lease-key check, as a Put does).
+pub fn txn_leases(t: &pb::TxnRequest, out: &mut Vec<i64>) {
+    for op in t.success.iter().chain(&t.failure) {
+        match &op.request {
+            Some(Op::RequestPut(p)) if p.lease != 0 && !out.contains(&p.lease) => out.push(p.lease),
+            Some(Op::RequestTxn(t)) => txn_leases(t, out),
+            _ => {}
+        }
+    }
 }
 
 /// What a write adds, for the quota (etcd's cost: the keys and values it
@@ -89,14 +109,6 @@ pub fn txn_cost(t: &pb::TxnRequest) -> usize {
             .sum()
     };
     branch(&t.success).max(branch(&t.failure))
-}
-
-fn permit(ok: bool) -> Result<(), Status> {
-    if ok {
-        Ok(())
-    } else {
-        Err(AuthError::PermissionDenied.into())
-    }
 }
 
 #[tonic::async_trait]

@@ -58,8 +58,10 @@ impl Cluster for ClusterService {
 
     async fn member_list(
         &self,
-        _req: Request<pb::MemberListRequest>,
+        req: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
+        // etcd 3.5+: MemberList needs a user.
+        self.shared.caller(req.metadata()).await?;
         let meta = self.shared.store.meta().await?;
         Ok(Response::new(pb::MemberListResponse {
             header: self.shared.header(meta.revision),

@@ -9,7 +9,7 @@ use crate::proto::mvccpb;
 use crate::server::Shared;
 use crate::types::{KeyRange, KeyValue};
 
-pub fn range(r: pb::RangeRequest) -> Result<t::RangeRequest, Error> {
+pub fn range(r: &pb::RangeRequest) -> Result<t::RangeRequest, Error> {
     if r.key.is_empty() {
         return Err(Error::EmptyKey);
     }
@@ -44,7 +44,7 @@ pub fn range(r: pb::RangeRequest) -> Result<t::RangeRequest, Error> {
     })
 }
 
-pub fn put(r: pb::PutRequest) -> Result<t::PutRequest, Error> {
+pub fn put(r: &pb::PutRequest) -> Result<t::PutRequest, Error> {
     if r.key.is_empty() {
         return Err(Error::EmptyKey);
     }
@@ -67,7 +67,7 @@ pub fn put(r: pb::PutRequest) -> Result<t::PutRequest, Error> {
     })
 }
 
-pub fn delete(r: pb::DeleteRangeRequest) -> Result<t::DeleteRequest, Error> {
+pub fn delete(r: &pb::DeleteRangeRequest) -> Result<t::DeleteRequest, Error> {
     if r.key.is_empty() {
         return Err(Error::EmptyKey);
     }
@@ -79,35 +79,35 @@ pub fn delete(r: pb::DeleteRangeRequest) -> Result<t::DeleteRequest, Error> {
 
 /// Converts and validates a Txn, nested ones included, then rejects keys
 /// written twice on one path.
-pub fn txn(r: pb::TxnRequest, max_ops: usize) -> Result<t::TxnRequest, Error> {
+pub fn txn(r: &pb::TxnRequest, max_ops: usize) -> Result<t::TxnRequest, Error> {
     let txn = txn_inner(r, max_ops)?;
     check_intervals(&txn.success)?;
     check_intervals(&txn.failure)?;
     Ok(txn)
 }
 
-fn txn_inner(r: pb::TxnRequest, max_ops: usize) -> Result<t::TxnRequest, Error> {
+fn txn_inner(r: &pb::TxnRequest, max_ops: usize) -> Result<t::TxnRequest, Error> {
     if r.compare.len().max(r.success.len()).max(r.failure.len()) > max_ops {
         return Err(Error::TooManyOps);
     }
     if r.compare.iter().any(|c| c.key.is_empty()) {
         return Err(Error::EmptyKey);
     }
-    let ops = |ops: Vec<pb::RequestOp>| -> Result<Vec<t::Op>, Error> {
-        ops.into_iter().map(|op| request_op(op, max_ops)).collect()
+    let ops = |ops: &[pb::RequestOp]| -> Result<Vec<t::Op>, Error> {
+        ops.iter().map(|op| request_op(op, max_ops)).collect()
     };
-    let success = ops(r.success)?;
-    let failure = ops(r.failure)?;
+    let success = ops(&r.success)?;
+    let failure = ops(&r.failure)?;
     Ok(t::TxnRequest {
-        compare: r.compare.into_iter().map(compare).collect(),
+        compare: r.compare.iter().map(compare).collect(),
         success,
         failure,
     })
 }
 
-fn request_op(op: pb::RequestOp, max_ops: usize) -> Result<t::Op, Error> {
+fn request_op(op: &pb::RequestOp, max_ops: usize) -> Result<t::Op, Error> {
     use pb::request_op::Request;
-    match op.request {
+    match &op.request {
         Some(Request::RequestRange(r)) => Ok(t::Op::Range(range(r)?)),
         Some(Request::RequestPut(r)) => Ok(t::Op::Put(put(r)?)),
         Some(Request::RequestDeleteRange(r)) => Ok(t::Op::Delete(delete(r)?)),
@@ -116,7 +116,7 @@ fn request_op(op: pb::RequestOp, max_ops: usize) -> Result<t::Op, Error> {
     }
 }
 
-fn compare(c: pb::Compare) -> t::Compare {
+fn compare(c: &pb::Compare) -> t::Compare {
     use pb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
     let int = |u: &Option<U>| match u {
         Some(U::Version(v) | U::CreateRevision(v) | U::ModRevision(v) | U::Lease(v)) => *v,
@@ -146,17 +146,18 @@ fn compare(c: pb::Compare) -> t::Compare {
             _ => bytes::Bytes::new(),
         }),
     };
-    let result = match R::try_from(c.result).unwrap_or(R::Equal) {
-        R::Equal => t::CompareResult::Equal,
-        R::Greater => t::CompareResult::Greater,
-        R::Less => t::CompareResult::Less,
-        R::NotEqual => t::CompareResult::NotEqual,
+    let result = match R::try_from(c.result) {
+        Ok(R::Equal) => t::CompareResult::Equal,
+        Ok(R::Greater) => t::CompareResult::Greater,
+        Ok(R::Less) => t::CompareResult::Less,
+        Ok(R::NotEqual) => t::CompareResult::NotEqual,
+        Err(_) => t::CompareResult::Unknown,
     };
     t::Compare {
         result,
         target,
-        key: c.key,
-        range_end: c.range_end,
+        key: c.key.clone(),
+        range_end: c.range_end.clone(),
     }
 }
 

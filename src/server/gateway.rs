@@ -194,7 +194,27 @@ macro_rules! unary_routes {
     }};
 }
 
+/// The gateway's routes, taking bodies as large as the gRPC port takes
+/// messages (`--max-request-bytes` and grpc-go's overhead) once in JSON:
+/// base64 makes bytes 4/3 as long, and field names take room. A larger
+/// body is refused with etcd's JSON error, as a request over the limit.
 pub fn routes(shared: SharedRef) -> Router {
+    let limit = shared.limits.max_recv_bytes() / 3 * 4 + (64 << 10);
+    calls(shared)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(too_large_as_json))
+}
+
+/// axum answers a body over the limit with a plain-text 413.
+async fn too_large_as_json(resp: Response) -> Response {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        error(Code::InvalidArgument, crate::error::text::REQUEST_TOO_LARGE)
+    } else {
+        resp
+    }
+}
+
+fn calls(shared: SharedRef) -> Router {
     let r = unary_routes!(Router::new(), shared;
         "/v3/kv/range" => KvService.range,
         "/v3/kv/put" => KvService.put,
@@ -262,13 +282,14 @@ pub fn routes(shared: SharedRef) -> Router {
     )
     .route(
         "/v3/lease/keepalive",
-        route(move |body: Bytes| {
+        route(move |headers: HeaderMap, body: Bytes| {
             let svc = LeaseService { shared: k.clone() };
             async move {
                 match requests(&body) {
-                    Ok(reqs) => lines(
-                        svc.keep_alive_session(futures::stream::iter(reqs.into_iter().map(Ok))),
-                    ),
+                    Ok(reqs) => lines(svc.keep_alive_session(
+                        metadata(&headers),
+                        futures::stream::iter(reqs.into_iter().map(Ok)),
+                    )),
                     Err(e) => bad_json(e),
                 }
             }

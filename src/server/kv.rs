@@ -12,7 +12,7 @@ use crate::mvcc::Compact;
 use crate::mvcc::request::{self as t, SortOrder, SortTarget};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::kv_server::Kv;
-use crate::server::{SharedRef, auth, convert};
+use crate::server::{Internal, SharedRef, auth, convert};
 
 pub struct KvService {
     pub shared: SharedRef,
@@ -38,12 +38,13 @@ impl Kv for KvService {
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<RangeChunks>, Status> {
         let s = self.shared.clone();
-        let (md, _, req) = req.into_parts();
-        s.limits.check_size(&req)?;
+        let (md, _, pb_req) = req.into_parts();
+        s.limits.check_size(&pb_req)?;
+        // etcd validates before it checks permissions.
+        let mut req = convert::range(&pb_req)?;
         if let Some(c) = s.caller(&md).await? {
-            auth::check_range(&c, &req)?;
+            auth::check_range(&c, &pb_req)?;
         }
-        let mut req = convert::range(req)?;
         let o = &req.options;
         // etcd's IsDefaultOrdering.
         if !(o.sort_order == SortOrder::None
@@ -157,12 +158,15 @@ impl Kv for KvService {
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let s = &self.shared;
-        let (md, _, req) = req.into_parts();
-        s.limits.check_size(&req)?;
+        let (md, ext, req) = req.into_parts();
+        s.limits
+            .check_size_from(&req, ext.get::<Internal>().is_some())?;
+        // etcd validates before it checks permissions.
+        let checked = convert::range(&req)?;
         if let Some(c) = s.caller(&md).await? {
             auth::check_range(&c, &req)?;
         }
-        let req = convert::range(req)?;
+        let req = checked;
         let (result, rev) = s.store.range(&req).await?;
         Ok(Response::new(convert::range_response(s, result, rev)))
     }
@@ -172,13 +176,14 @@ impl Kv for KvService {
         let (md, _, req) = req.into_parts();
         s.limits.check_size(&req)?;
         s.check_space(auth::put_cost(&req)).await?;
+        let put = convert::put(&req)?;
         if let Some(c) = s.caller(&md).await? {
             auth::check_put(&c, &req)?;
             if req.lease != 0 {
                 s.check_lease_keys(&c, req.lease).await?;
             }
         }
-        let (r, rev) = s.store.write(convert::put(req)?).await?;
+        let (r, rev) = s.store.write(put).await?;
         Ok(Response::new(convert::put_response(s, r, rev)))
     }
 
@@ -190,25 +195,30 @@ impl Kv for KvService {
         let (md, _, req) = req.into_parts();
         s.limits.check_size(&req)?;
         s.check_space(0).await?;
+        let delete = convert::delete(&req)?;
         if let Some(c) = s.caller(&md).await? {
             auth::check_delete(&c, &req)?;
         }
-        let (r, rev) = s.store.write(convert::delete(req)?).await?;
+        let (r, rev) = s.store.write(delete).await?;
         Ok(Response::new(convert::delete_response(s, r, rev)))
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let s = &self.shared;
-        let (md, _, req) = req.into_parts();
-        s.limits.check_size(&req)?;
+        let (md, ext, req) = req.into_parts();
+        s.limits
+            .check_size_from(&req, ext.get::<Internal>().is_some())?;
         s.check_space(auth::txn_cost(&req)).await?;
+        let txn = convert::txn(&req, s.limits.max_txn_ops)?;
         if let Some(c) = s.caller(&md).await? {
             auth::check_txn(&c, &req)?;
+            let mut leases = Vec::new();
+            auth::txn_leases(&req, &mut leases);
+            for id in leases {
+                s.check_lease_keys(&c, id).await?;
+            }
         }
-        let (r, rev) = s
-            .store
-            .write(convert::txn(req, s.limits.max_txn_ops)?)
-            .await?;
+        let (r, rev) = s.store.write(txn).await?;
         Ok(Response::new(convert::txn_response(s, r, rev)))
     }
 

@@ -33,9 +33,11 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let s = &self.shared;
+        let (md, _, req) = req.into_parts();
         // etcd's lease overhead counts against the quota.
         s.check_space(64).await?;
-        let req = req.into_inner();
+        // etcd 3.5+: granting needs a user (any).
+        s.caller(&md).await?;
         let id = if req.id == 0 { new_lease_id() } else { req.id };
         let (granted, rev) = s.store.write(Grant { id, ttl: req.ttl }).await?;
         Ok(Response::new(pb::LeaseGrantResponse {
@@ -70,7 +72,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        Ok(Response::new(self.keep_alive_session(req.into_inner())))
+        let (md, _, inbound) = req.into_parts();
+        Ok(Response::new(self.keep_alive_session(md, inbound)))
     }
 
     async fn lease_time_to_live(
@@ -79,13 +82,14 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let s = &self.shared;
         let (md, _, req) = req.into_parts();
+        // etcd 3.5+: a user is needed, and listing a lease's keys needs
+        // READ on each of them.
+        let caller = s.caller(&md).await?;
         let info = s.store.lease(req.id).await?;
-        // etcd 3.5+: listing a lease's keys needs READ on each of them.
         if req.keys
-            && let Some(c) = s.caller(&md).await?
-            && !c.may_all(false, &info.keys)
+            && let Some(c) = caller
         {
-            return Err(crate::error::AuthError::PermissionDenied.into());
+            c.check_all(false, &info.keys)?;
         }
         // etcd answers a missing lease with TTL -1 rather than an error.
         let resp = match info.lease {
@@ -109,10 +113,20 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _req: Request<pb::LeaseLeasesRequest>,
+        req: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let s = &self.shared;
+        let caller = s.caller(req.metadata()).await?;
         let (leases, rev) = s.store.leases().await?;
+        // etcd 3.5+: a user who is not root sees the leases only if it may
+        // read every key attached to any of them.
+        if let Some(c) = caller
+            && !c.is_admin()
+        {
+            for l in &leases {
+                c.check_all(false, &s.store.lease(l.id).await?.keys)?;
+            }
+        }
         Ok(Response::new(pb::LeaseLeasesResponse {
             header: s.header(rev),
             leases: leases
@@ -125,8 +139,15 @@ impl Lease for LeaseService {
 
 impl LeaseService {
     /// Serves one keepalive stream (the gRPC method and the JSON gateway's
-    /// `/v3/lease/keepalive`).
-    pub fn keep_alive_session<S>(&self, mut inbound: S) -> KeepAliveStream
+    /// `/v3/lease/keepalive`) for the caller of `md`: with auth on, each
+    /// keepalive needs a user and, unless root, WRITE on every key of the
+    /// lease (etcd 3.5+'s checkLeaseRenew); a refused one ends the stream
+    /// with its error, as etcd ends it.
+    pub fn keep_alive_session<S>(
+        &self,
+        md: tonic::metadata::MetadataMap,
+        mut inbound: S,
+    ) -> KeepAliveStream
     where
         S: futures::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>>
             + Send
@@ -146,7 +167,7 @@ impl LeaseService {
                 };
                 let Some(msg) = msg else { break };
                 let reply = match msg {
-                    Ok(m) => match shared.store.write(KeepAlive { id: m.id }).await {
+                    Ok(m) => match renew(&shared, &md, m.id).await {
                         Ok((ttl, rev)) => Ok(pb::LeaseKeepAliveResponse {
                             header: shared.header(rev),
                             id: m.id,
@@ -175,4 +196,19 @@ impl LeaseService {
         });
         Box::pin(ReceiverStream::new(rx))
     }
+}
+
+/// One keepalive of lease `id` for the caller of `md`: its new TTL.
+async fn renew(
+    shared: &SharedRef,
+    md: &tonic::metadata::MetadataMap,
+    id: i64,
+) -> crate::error::Result<(i64, i64)> {
+    if let Some(c) = shared.auth.caller(md).await?
+        && !c.is_admin()
+    {
+        c.check_all(true, &shared.store.lease(id).await?.keys)
+            .map_err(crate::error::Error::Auth)?;
+    }
+    shared.store.write(KeepAlive { id }).await
 }

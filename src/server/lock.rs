@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::mvcc::{Delivery, WatchSpec};
 use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{self as pb, compare, range_request, request_op};
 use crate::proto::mvccpb;
 use crate::proto::v3electionpb::{self as ep, election_server::Election};
@@ -119,6 +120,7 @@ impl Recipe {
     fn req<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         *r.metadata_mut() = self.md.clone();
+        r.extensions_mut().insert(crate::server::Internal);
         r
     }
 
@@ -140,16 +142,19 @@ impl Recipe {
         if lease != 0 {
             return Ok(lease);
         }
-        let id = super::lease::new_lease_id();
-        let (granted, _) = self
-            .shared
-            .store
-            .write(crate::mvcc::Grant {
-                id,
+        // Granted as the caller (etcd's session through its own client):
+        // without a user, no lease.
+        let svc = super::lease::LeaseService {
+            shared: self.shared.clone(),
+        };
+        let granted = svc
+            .lease_grant(self.req(pb::LeaseGrantRequest {
                 ttl: SESSION_TTL,
-            })
-            .await?;
-        Ok(granted.id)
+                id: 0,
+            }))
+            .await
+            .map_err(as_client_error)?;
+        Ok(granted.into_inner().id)
     }
 
     /// Waits until no key under `pfx` has a create revision at or below

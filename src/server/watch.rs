@@ -215,12 +215,19 @@ impl Session {
             cancel_reason: reason.to_string(),
             ..created(id)
         };
+        // etcd: a negative start revision is refused as compacted, before
+        // anything else is looked at.
+        if c.start_revision < 0 {
+            return self.send(refuse(-1, crate::error::text::COMPACTED)).await;
+        }
         // etcd's isWatchPermitted: READ over the range, checked once at
         // creation; the refusal says why as grpc-go prints a status.
         let denied = match self.shared.caller(&self.metadata).await {
             Ok(None) => None,
-            Ok(Some(caller)) => (!caller.may(false, &key, &c.range_end))
-                .then(|| Status::from(crate::error::AuthError::PermissionDenied)),
+            Ok(Some(caller)) => caller
+                .check(false, &key, &c.range_end)
+                .err()
+                .map(Status::from),
             Err(status) => Some(status),
         };
         if let Some(st) = denied {

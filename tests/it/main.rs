@@ -23,4 +23,5 @@ mod model;
 mod ops;
 mod passthrough;
 mod reliability;
+mod security;
 mod watch;
