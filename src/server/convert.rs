@@ -273,7 +273,7 @@ mod tests {
             within(&decoded.value),
             "prost shares the buffer (the case to guard)"
         );
-        let put = put(decoded).unwrap();
+        let put = put(&decoded).unwrap();
         assert!(!within(&put.key) && !within(&put.value));
         assert_eq!(put.value.len(), 1024);
     }

@@ -283,6 +283,11 @@ impl Etcd {
 
     /// Starts the etcd binary at `bin` (Debian's 3.4, or a pinned build).
     pub async fn start_bin(bin: &Path) -> Etcd {
+        Etcd::start_args(bin, &[]).await
+    }
+
+    /// Starts the etcd binary at `bin` with extra flags.
+    pub async fn start_args(bin: &Path, extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let client = free_port();
         let peer = free_port();
@@ -291,6 +296,7 @@ impl Etcd {
         let child = etcd_command(bin, &dir.path().join("data"), &endpoint, &peer_url)
             // etcd 3.4 logs through capnslog unless told zap.
             .args(["--logger", "zap"])
+            .args(extra)
             .spawn()
             .expect("spawn etcd");
         wait_ready(&endpoint).await;
