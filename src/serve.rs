@@ -36,13 +36,13 @@ pub async fn grpc_health()
 /// gracefully.
 pub async fn serve_routes(
     routes: tonic::service::Routes,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<ServerTls>,
     metrics: Arc<Metrics>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut builder = tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
         // h2 closes a connection (GOAWAY "too_many_data_frames") once the
@@ -57,9 +57,6 @@ pub async fn serve_routes(
         .http2_max_header_list_size(crate::authority::MAX_HEADER_LIST as u32)
         .http2_keepalive_interval(Some(Duration::from_secs(7200)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
     let router = builder
         .layer(GrpcMetricsLayer { metrics })
         .layer(CertUserLayer)
@@ -69,15 +66,77 @@ pub async fn serve_routes(
         shutdown.await;
         stop.cancel();
     };
-    router
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(|conn| conn.map(crate::authority::AuthorityFix::new)),
-            shutdown,
-        )
-        .await?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    incoming.map(|conn| conn.map(crate::authority::AuthorityFix::new)),
+                    shutdown,
+                )
+                .await?
+        }
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls_incoming(incoming, tls), shutdown)
+                .await?
+        }
+    }
     Ok(())
+}
+
+/// TLS on the client port (rustls), offering `h2` and `http/1.1` in ALPN
+/// as etcd does: gRPC and HTTP/2 clients get h2, and HTTP/1.1 clients
+/// (probes, `curl --http1.1`, the JSON gateway's users) reach `/health`,
+/// `/metrics` and `/v3/...` over TLS too.
+pub type ServerTls = Arc<rustls::ServerConfig>;
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type TlsConn =
+    crate::authority::AuthorityFix<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+/// The connections of `incoming` once their TLS handshake is done, each
+/// handshake on a task of its own (a slow client holds up no other one).
+/// The accepting task ends when the server stops taking connections.
+fn tls_incoming(
+    mut incoming: tonic::transport::server::TcpIncoming,
+    tls: ServerTls,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let conn = tokio::select! {
+                conn = incoming.next() => conn,
+                _ = tx.closed() => return,
+            };
+            let tcp = match conn {
+                Some(Ok(tcp)) => tcp,
+                Some(Err(e)) => {
+                    // Out of file descriptors, for one: try again shortly.
+                    tracing::debug!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                None => return,
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx
+                            .send(Ok(crate::authority::AuthorityFix::new(stream)))
+                            .await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Whether clients connect with TLS (for the URL reported by MemberList).
@@ -94,11 +153,24 @@ pub fn scheme(config: &Config) -> &'static str {
 /// Checked before anything starts: a missing or unreadable file is named,
 /// and a trusted CA without a server certificate is refused — Koine would
 /// otherwise serve plaintext to anyone while asked to check clients.
-pub fn server_tls(config: &Config) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+pub fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTls>> {
     use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |flag: &str, path: &std::path::Path| {
         std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
     };
+    let certs =
+        |flag: &str, path: &std::path::Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+            let pem = read(flag, path)?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("{flag} {}", path.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("{flag} {}: no PEM certificate in it", path.display());
+            }
+            Ok(certs)
+        };
     let (Some(cert), Some(key)) = (&config.server_cert_file, &config.server_key_file) else {
         if config.server_cert_file.is_some() || config.server_key_file.is_some() {
             anyhow::bail!("--server-cert-file and --server-key-file go together");
@@ -111,18 +183,32 @@ pub fn server_tls(config: &Config) -> anyhow::Result<Option<tonic::transport::Se
         }
         return Ok(None);
     };
-    let identity = tonic::transport::Identity::from_pem(
-        read("--server-cert-file", cert)?,
-        read("--server-key-file", key)?,
-    );
-    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &config.trusted_ca_file {
-        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
-            "--trusted-ca-file",
-            ca,
-        )?));
-    }
-    Ok(Some(tls))
+    let chain = certs("--server-cert-file", cert)?;
+    let private = PrivateKeyDer::from_pem_slice(&read("--server-key-file", key)?)
+        .with_context(|| format!("--server-key-file {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &config.trusted_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs("--trusted-ca-file", ca)? {
+                roots
+                    .add(c)
+                    .with_context(|| format!("--trusted-ca-file {}", ca.display()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut tls = builder
+        .with_single_cert(chain, private)
+        .context("--server-cert-file and --server-key-file")?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(tls)))
 }
 
 /// Adds to `router` (the gRPC services and HTTP endpoints of one mode) the

@@ -84,7 +84,7 @@ const MAX_CLIENT_MESSAGE: usize = 256 << 20;
 pub async fn serve(
     config: Config,
     endpoints: Vec<String>,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<crate::serve::ServerTls>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {

@@ -222,4 +222,31 @@ async fn tls_with_client_certificates() {
     .await;
     assert!(ok, "{err}");
     assert!(out.starts_with(&format!("{https}, ")), "{out}");
+    // HTTP/1.1 over TLS (ALPN offers http/1.1 beside h2, as etcd's does):
+    // the probes and the JSON gateway, as curl --http1.1 reaches them.
+    for (path, body) in [
+        ("/health", None),
+        ("/v3/kv/range", Some(r#"{"key":"c2VjdXJl"}"#)),
+    ] {
+        let mut curl = tokio::process::Command::new("curl");
+        curl.args(["-s", "--http1.1", "-w", "\n%{http_version} %{http_code}"])
+            .args(["--cacert", &ca, "--cert", &client.0, "--key", &client.1]);
+        if let Some(b) = body {
+            curl.args(["-X", "POST", "-d", b]);
+        }
+        let out = curl
+            .arg(format!("{https}{path}"))
+            .output()
+            .await
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.ends_with("\n1.1 200"),
+            "{path}: {text} {:?}",
+            out.stderr
+        );
+        if body.is_some() {
+            assert!(text.contains(r#""value":"eWVz""#), "{text}");
+        }
+    }
 }

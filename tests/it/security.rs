@@ -232,7 +232,9 @@ async fn token(ch: &Channel, user: &str, password: &str) -> String {
 /// root (root role); alice READWRITE on the prefix /a/, bob on /b/; auth
 /// on. Returns (root, alice, bob) tokens.
 async fn users(endpoint: &str) -> (String, String, String) {
-    let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+    let mut c = etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap();
     c.user_add("root", "rootpw", None).await.unwrap();
     c.role_add("root").await.unwrap();
     c.user_grant_role("root", "root").await.unwrap();
@@ -265,7 +267,12 @@ fn alarm(action: pb::alarm_request::AlarmAction, alarm: pb::AlarmType) -> pb::Al
 }
 
 /// POSTs `body` to the JSON gateway; the HTTP status and the body.
-async fn gateway_post(endpoint: &str, path: &str, body: &[u8], token: Option<&str>) -> (u16, String) {
+async fn gateway_post(
+    endpoint: &str,
+    path: &str,
+    body: &[u8],
+    token: Option<&str>,
+) -> (u16, String) {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), body).unwrap();
     let mut cmd = tokio::process::Command::new("curl");
@@ -291,7 +298,8 @@ async fn alarms_need_root(s: Server) {
     refused(m.alarm(req(corrupt(), None)).await, USER_EMPTY);
     refused(m.alarm(req(corrupt(), Some(&alice))).await, DENIED);
     refused(
-        m.alarm(req(alarm(Activate, pb::AlarmType::Nospace), None)).await,
+        m.alarm(req(alarm(Activate, pb::AlarmType::Nospace), None))
+            .await,
         USER_EMPTY,
     );
     refused(
@@ -299,7 +307,10 @@ async fn alarms_need_root(s: Server) {
             .await,
         DENIED,
     );
-    refused(m.alarm(req(alarm(Get, pb::AlarmType::None), None)).await, USER_EMPTY);
+    refused(
+        m.alarm(req(alarm(Get, pb::AlarmType::None), None)).await,
+        USER_EMPTY,
+    );
     let (code, body) = gateway_post(
         &s.endpoint,
         "/v3/maintenance/alarm",
@@ -379,8 +390,8 @@ async fn lease_ids(ch: &Channel, root: &str) -> Vec<i64> {
 /// The first answer of a keepalive stream sending one keepalive of `id`.
 async fn keep_alive(ch: &Channel, id: i64, token: Option<&str>) -> Result<i64, tonic::Status> {
     let mut lease = pb::lease_client::LeaseClient::new(ch.clone());
-    let reqs = futures::stream::iter([pb::LeaseKeepAliveRequest { id }])
-        .chain(futures::stream::pending());
+    let reqs =
+        futures::stream::iter([pb::LeaseKeepAliveRequest { id }]).chain(futures::stream::pending());
     let mut stream = lease.lease_keep_alive(req(reqs, token)).await?.into_inner();
     match stream.message().await? {
         Some(r) => Ok(r.ttl),
@@ -398,9 +409,17 @@ async fn calls_without_a_user_are_refused(s: Server) {
     let mut lease = pb::lease_client::LeaseClient::new(ch.clone());
     let grant = || pb::LeaseGrantRequest { ttl: 60, id: 0 };
     refused(lease.lease_grant(req(grant(), None)).await, USER_EMPTY);
-    refused(lease.lease_grant(req(grant(), Some("bogus.1"))).await, INVALID_TOKEN);
+    refused(
+        lease.lease_grant(req(grant(), Some("bogus.1"))).await,
+        INVALID_TOKEN,
+    );
     let id = bobs_lease(&ch, &bob).await;
-    refused(lease.lease_leases(req(pb::LeaseLeasesRequest {}, None)).await, USER_EMPTY);
+    refused(
+        lease
+            .lease_leases(req(pb::LeaseLeasesRequest {}, None))
+            .await,
+        USER_EMPTY,
+    );
     refused(
         lease
             .lease_leases(req(pb::LeaseLeasesRequest {}, Some(&alice)))
@@ -409,8 +428,14 @@ async fn calls_without_a_user_are_refused(s: Server) {
     );
     assert_eq!(lease_ids(&ch, &root).await, vec![id]);
     let ttl = |keys| pb::LeaseTimeToLiveRequest { id, keys };
-    refused(lease.lease_time_to_live(req(ttl(false), None)).await, USER_EMPTY);
-    refused(lease.lease_time_to_live(req(ttl(true), Some(&alice))).await, DENIED);
+    refused(
+        lease.lease_time_to_live(req(ttl(false), None)).await,
+        USER_EMPTY,
+    );
+    refused(
+        lease.lease_time_to_live(req(ttl(true), Some(&alice))).await,
+        DENIED,
+    );
     lease
         .lease_time_to_live(req(ttl(false), Some(&alice)))
         .await
@@ -422,7 +447,9 @@ async fn calls_without_a_user_are_refused(s: Server) {
     assert!(keep_alive(&ch, id, Some(&bob)).await.unwrap() > 0);
     let mut m = pb::maintenance_client::MaintenanceClient::new(ch.clone());
     refused(m.status(req(pb::StatusRequest {}, None)).await, USER_EMPTY);
-    m.status(req(pb::StatusRequest {}, Some(&alice))).await.unwrap();
+    m.status(req(pb::StatusRequest {}, Some(&alice)))
+        .await
+        .unwrap();
     let mut cluster = pb::cluster_client::ClusterClient::new(ch.clone());
     refused(
         cluster
@@ -504,7 +531,10 @@ async fn txn_puts_check_lease_keys(s: Server) {
         refused(kv.txn(req(t, Some(&alice))).await, DENIED);
     }
     let keys = pb::lease_client::LeaseClient::new(ch.clone())
-        .lease_time_to_live(req(pb::LeaseTimeToLiveRequest { id, keys: true }, Some(&bob)))
+        .lease_time_to_live(req(
+            pb::LeaseTimeToLiveRequest { id, keys: true },
+            Some(&bob),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -605,13 +635,21 @@ mod etcd37 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs ETCD37_DIR (scripts/test.sh)"]
     async fn a_watch_from_a_negative_revision_is_cancelled() {
-        run(Target::Etcd37, super::a_watch_from_a_negative_revision_is_cancelled).await
+        run(
+            Target::Etcd37,
+            super::a_watch_from_a_negative_revision_is_cancelled,
+        )
+        .await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs ETCD37_DIR (scripts/test.sh)"]
     async fn unknown_permission_types_grant_nothing() {
-        run(Target::Etcd37, super::unknown_permission_types_grant_nothing).await
+        run(
+            Target::Etcd37,
+            super::unknown_permission_types_grant_nothing,
+        )
+        .await
     }
 }
 
@@ -629,15 +667,19 @@ fn jwt_keys(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
             .success()
     };
     assert!(
-        run(&["genrsa".as_ref(), "-out".as_ref(), private.as_os_str(), "2048".as_ref()])
-            && run(&[
-                "rsa".as_ref(),
-                "-pubout".as_ref(),
-                "-in".as_ref(),
-                private.as_os_str(),
-                "-out".as_ref(),
-                public.as_os_str(),
-            ]),
+        run(&[
+            "genrsa".as_ref(),
+            "-out".as_ref(),
+            private.as_os_str(),
+            "2048".as_ref()
+        ]) && run(&[
+            "rsa".as_ref(),
+            "-pubout".as_ref(),
+            "-in".as_ref(),
+            private.as_os_str(),
+            "-out".as_ref(),
+            public.as_os_str(),
+        ]),
         "openssl could not make a key pair"
     );
     (private, public)
@@ -785,8 +827,7 @@ async fn edges_answer_as_etcd(s: Server) {
         .unwrap()
         .into_inner();
     assert_eq!((all.kvs.len(), all.more, all.count), (2, false, 2));
-    let mut lock = v3lockpb::lock_client::LockClient::new(ch)
-        .max_encoding_message_size(8 << 20);
+    let mut lock = v3lockpb::lock_client::LockClient::new(ch).max_encoding_message_size(8 << 20);
     let r = lock
         .lock(v3lockpb::LockRequest {
             name: vec![b'n'; 1_600_000].into(),
@@ -842,7 +883,8 @@ async fn gateway_bodies_follow_max_request_bytes(endpoint: &str, is_koine: bool)
     assert_eq!(code, 400, "{}", &text[..text.len().min(300)]);
     assert!(text.contains("etcdserver: request is too large"), "{text}");
     if is_koine {
-        let (code, text) = gateway_post(endpoint, "/v3/kv/put", body(8_000_001).as_bytes(), None).await;
+        let (code, text) =
+            gateway_post(endpoint, "/v3/kv/put", body(8_000_001).as_bytes(), None).await;
         assert_eq!(code, 400, "{}", &text[..text.len().min(300)]);
         let v: serde_json::Value = serde_json::from_str(&text).expect("a JSON error body");
         assert_eq!(v["message"], "etcdserver: request is too large");
