@@ -8,8 +8,11 @@
 //! write transaction, applies the change and writes it back: instances on
 //! one database apply changes one at a time, in the order the meta row
 //! lock gives them. Each instance keeps the committed state in memory for
-//! its checks and reloads it when the revision in the database moves
-//! (polled every [`REFRESH`]; at once for its own changes).
+//! its checks and reloads it when the revision in the database moves: at
+//! once for its own changes; for another instance's, when the engine's
+//! feed reads the moved stamp with the meta row (PostgreSQL: woken by the
+//! change's NOTIFY; MySQL: every `--poll-interval`), and every [`REFRESH`]
+//! as a safety net.
 //!
 //! Tokens are etcd's simple tokens (an opaque string, valid until it has not
 //! been used for `--auth-token-ttl`), kept in `koine_auth_token` so that a
@@ -389,13 +392,17 @@ impl Change {
 impl Write for Change {
     type Output = Arc<State>;
 
-    fn apply<'a>(&'a self, tx: &'a mut DbTx, _state: &'a mut BatchState) -> BoxFut<'a, Arc<State>> {
+    fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, Arc<State>> {
         Box::pin(async move {
             let mut st = State::decode(&tx.auth().await?)?;
             match Change::apply(self, &mut st).map_err(Error::Auth)? {
                 Outcome::Unchanged => {}
-                Outcome::Enabled => tx.auth_update(&st.encode()).await?,
+                Outcome::Enabled => {
+                    tx.auth_update(&st.encode()).await?;
+                    state.notify = true;
+                }
                 Outcome::Changed(tokens) => {
+                    state.notify = true;
                     st.revision += 1;
                     tx.auth_update(&st.encode()).await?;
                     match tokens {
@@ -657,13 +664,29 @@ impl Auth {
             bcrypt_cost,
             serial: AtomicU64::new(1),
         });
-        crate::alarm::every(
-            REFRESH,
-            &auth,
-            cancel,
-            "auth state refresh",
-            |a| async move { a.refresh().await },
-        );
+        // Reloaded when the feed sees the stamp move (another instance's
+        // change: at its NOTIFY on PostgreSQL, at the next poll on MySQL),
+        // and every REFRESH as a safety net.
+        let mut stamps = auth.store.auth_stamps();
+        let weak = Arc::downgrade(&auth);
+        tokio::spawn(async move {
+            loop {
+                let moved = async {
+                    if stamps.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(REFRESH) => {}
+                    _ = moved => {}
+                }
+                let Some(auth) = weak.upgrade() else { return };
+                if let Err(e) = auth.refresh().await {
+                    tracing::debug!(error = %e, "auth state refresh failed");
+                }
+            }
+        });
         Ok(auth)
     }
 

@@ -33,6 +33,9 @@ pub struct BatchState {
     /// writes (the writer holds the revision lock, so nobody else writes).
     pub cache: KvCache,
     pub settings: WriteSettings,
+    /// The batch changes what other instances must learn at once even if
+    /// it adds no revision (the auth store): it notifies them anyway.
+    pub notify: bool,
 }
 
 /// The current version of single keys, as read or written in this batch.
@@ -117,6 +120,7 @@ impl BatchState {
             events: Vec::new(),
             cache: KvCache::default(),
             settings,
+            notify: false,
         }
     }
 

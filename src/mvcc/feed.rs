@@ -25,6 +25,9 @@ pub struct Feed {
     db: Db,
     /// Serialises publishing so that gaps are filled in order.
     lock: tokio::sync::Mutex<()>,
+    /// The auth store's stamp (`Db::auth_stamp`) as last read with the
+    /// meta row: the auth store reloads when it moves.
+    auth_stamp: tokio::sync::watch::Sender<i64>,
 }
 
 impl Feed {
@@ -33,7 +36,13 @@ impl Feed {
             hub,
             db,
             lock: tokio::sync::Mutex::new(()),
+            auth_stamp: tokio::sync::watch::Sender::new(-1),
         }
+    }
+
+    /// Follows the auth stamp the tail loop reads.
+    pub fn auth_stamps(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.auth_stamp.subscribe()
     }
 
     /// Publishes a batch this instance committed.
@@ -112,7 +121,7 @@ pub fn events_by_revision(changes: Vec<LoggedChange>) -> Vec<(Revision, Vec<Even
     out
 }
 
-/// Follows revisions committed by other instances.
+/// Follows revisions and auth changes committed by other instances.
 pub async fn tail_loop(feed: Arc<Feed>, db: Db, poll: Duration, cancel: CancellationToken) {
     let mut listener = match db.dialect().notifications().await {
         Ok(l) => l,
@@ -138,8 +147,13 @@ pub async fn tail_loop(feed: Arc<Feed>, db: Db, poll: Duration, cancel: Cancella
                 }
             }
         }
-        match db.meta().await {
-            Ok(meta) => {
+        match db.meta_and_auth_stamp().await {
+            Ok((meta, stamp)) => {
+                feed.auth_stamp.send_if_modified(|s| {
+                    let moved = *s != stamp;
+                    *s = stamp;
+                    moved
+                });
                 feed.hub.compacted(meta.compact_revision);
                 if meta.revision > feed.hub.latest()
                     && let Err(e) = feed.catch_up(meta.revision).await

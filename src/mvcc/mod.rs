@@ -81,6 +81,7 @@ pub struct Store {
     /// Serialises physical compaction runs of this instance.
     compacting: Arc<tokio::sync::Mutex<()>>,
     request_timeout: Duration,
+    auth_stamps: tokio::sync::watch::Receiver<i64>,
 }
 
 /// The engine's background tasks; [`Engine::stop`] waits for them.
@@ -168,6 +169,7 @@ fn assemble(
         cache,
         compacting: Default::default(),
         request_timeout: settings.request_timeout,
+        auth_stamps: feed.auth_stamps(),
     };
     (store, feed, task)
 }
@@ -211,6 +213,13 @@ pub struct LeaseInfo {
 }
 
 impl Store {
+    /// The auth store's stamp as the feed last read it from the database
+    /// (PostgreSQL: woken by the NOTIFY of the change; MySQL and SQLite:
+    /// every poll interval).
+    pub fn auth_stamps(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.auth_stamps.clone()
+    }
+
     /// Runs `f`, failing with `Error::Timeout` after the request timeout.
     async fn bounded<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         match tokio::time::timeout(self.request_timeout, f).await {

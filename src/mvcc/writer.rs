@@ -358,6 +358,8 @@ impl WriterTask {
         if state.revision != start {
             tx.set_revision(state.revision).await?;
             tx.notify(state.revision).await?;
+        } else if state.notify {
+            tx.notify(state.revision).await?;
         }
         tx.record_batch(batch, state.revision).await?;
         Ok(state)

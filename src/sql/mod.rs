@@ -229,6 +229,14 @@ pub struct LoggedChange {
     pub prev: Option<KeyValue>,
 }
 
+struct MetaAndStamp(Meta, i64);
+
+impl FromRow for MetaAndStamp {
+    fn from_row(r: &dyn Row) -> Result<MetaAndStamp> {
+        Ok(MetaAndStamp(Meta::from_row(r)?, r.i64(2)?))
+    }
+}
+
 impl FromRow for Meta {
     fn from_row(r: &dyn Row) -> Result<Meta> {
         Ok(Meta {
@@ -383,6 +391,16 @@ impl Db {
     /// statement: no transaction needed).
     pub async fn meta(&self) -> Result<Meta> {
         one(self.fetch(Q::MetaRead, &[]).await?, "koine_meta")
+    }
+
+    /// The meta row and the auth stamp ([`Db::auth_stamp`]), in one
+    /// statement.
+    pub async fn meta_and_auth_stamp(&self) -> Result<(Meta, i64)> {
+        let MetaAndStamp(meta, stamp) = one(
+            self.fetch(Q::MetaAndAuthStamp, &[]).await?,
+            "koine_meta, koine_auth",
+        )?;
+        Ok((meta, stamp))
     }
 
     /// The auth store as committed.

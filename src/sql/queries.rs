@@ -60,6 +60,7 @@ pub enum Q {
     KvGetWithMeta,
     AuthRead,
     AuthRevision,
+    MetaAndAuthStamp,
     AuthUpdate,
     TokenInsert,
     TokenGet,
@@ -300,6 +301,15 @@ impl Queries {
             (
                 Q::AuthRead,
                 "SELECT revision, enabled, state FROM koine_auth WHERE id = 1".into(),
+            ),
+            (
+                Q::MetaAndAuthStamp,
+                // What the feed follows: other instances' revisions and
+                // auth changes, in one round trip.
+                "SELECT m.revision, m.compact_revision, \
+                 (SELECT a.revision * 2 + a.enabled FROM koine_auth a WHERE a.id = 1) \
+                 FROM koine_meta m WHERE m.id = 1"
+                    .into(),
             ),
             (
                 Q::AuthRevision,

@@ -907,3 +907,94 @@ async fn gateway_bodies_follow_max_request_bytes_etcd() {
     .await;
     gateway_bodies_follow_max_request_bytes(&e.endpoint, false).await;
 }
+
+// ---- instances on one database: a revocation takes effect everywhere ----
+
+/// Alice writes on instance B in a loop while root revokes her role on
+/// instance A: B refuses her within a few milliseconds of A's answer (the
+/// change's NOTIFY on PostgreSQL, the next `--poll-interval` on MySQL),
+/// not at a once-a-second poll. Prints what it measured.
+async fn a_revocation_reaches_the_other_instance_at_once(dsn: String) {
+    let a = KoineProcess::start(&dsn, &[]).await;
+    let b = KoineProcess::start(&dsn, &[]).await;
+    let (root, alice, _) = users(&a.endpoint).await;
+    let ch_b = channel(&b.endpoint).await;
+    let put = move |alice: String| {
+        let mut kv = pb::kv_client::KvClient::new(ch_b.clone());
+        async move {
+            kv.put(req(
+                pb::PutRequest {
+                    key: "/a/k".into(),
+                    value: "v".into(),
+                    ..Default::default()
+                },
+                Some(&alice),
+            ))
+            .await
+        }
+    };
+    // B has seen auth enabled and takes alice's token.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while put(alice.clone()).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "B never took alice's token");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (stop, alice, put) = (stop.clone(), alice.clone(), put.clone());
+        tokio::spawn(async move {
+            let mut log = Vec::new();
+            while !stop.is_cancelled() {
+                let start = std::time::Instant::now();
+                let ok = put(alice.clone()).await.is_ok();
+                log.push((start, std::time::Instant::now(), ok));
+            }
+            log
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pb::auth_client::AuthClient::new(channel(&a.endpoint).await)
+        .user_revoke_role(req(
+            pb::AuthUserRevokeRoleRequest {
+                name: "alice".into(),
+                role: "alice".into(),
+            },
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+    let revoked = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    let log = writer.await.unwrap();
+    let late: Vec<_> = log
+        .iter()
+        .filter(|(start, _, ok)| *ok && *start >= revoked)
+        .collect();
+    let window = late
+        .iter()
+        .map(|(_, end, _)| end.duration_since(revoked))
+        .max()
+        .unwrap_or_default();
+    let after = log.iter().filter(|(start, _, _)| *start >= revoked).count();
+    eprintln!(
+        "revocation on A: {} of {after} writes on B started after it succeeded, the last ending {window:?} after it",
+        late.len()
+    );
+    assert!(after > 0 && !log.last().unwrap().2, "B still takes alice's writes");
+    assert!(
+        window < Duration::from_millis(250),
+        "B took alice's writes for {window:?} after the revocation ({} writes)",
+        late.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_the_other_instance_at_once_postgres() {
+    a_revocation_reaches_the_other_instance_at_once(crate::dbs::fresh_postgres_dsn().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_the_other_instance_at_once_mysql() {
+    a_revocation_reaches_the_other_instance_at_once(crate::dbs::fresh_mariadb_dsn().await).await;
+}
