@@ -25,8 +25,8 @@
 //! It holds no more than h2 would, as h2 bounds it: a header block is
 //! buffered up to [`MAX_BLOCK`] bytes (a HEADERS frame and the
 //! CONTINUATIONs h2 accepts for a [`MAX_HEADER_LIST`] list), decoding
-//! stops keeping fields once their decoded size (RFC 7541's name + value
-//! + 32 per field, the size h2 limits) passes [`MAX_HEADER_LIST`] — HPACK
+//! stops keeping fields once their decoded size (RFC 7541's size, name
+//! and value plus 32 per field, what h2 limits) passes [`MAX_HEADER_LIST`] — HPACK
 //! lets a small block expand a thousandfold — and a header block must be
 //! complete within [`BLOCK_TIMEOUT`] of its first byte, or the connection
 //! is closed. A block over either limit is handed over as it came, and h2

@@ -936,7 +936,10 @@ async fn a_revocation_reaches_the_other_instance_at_once(dsn: String) {
     // B has seen auth enabled and takes alice's token.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while put(alice.clone()).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "B never took alice's token");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never took alice's token"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let stop = tokio_util::sync::CancellationToken::new();
@@ -981,7 +984,10 @@ async fn a_revocation_reaches_the_other_instance_at_once(dsn: String) {
         "revocation on A: {} of {after} writes on B started after it succeeded, the last ending {window:?} after it",
         late.len()
     );
-    assert!(after > 0 && !log.last().unwrap().2, "B still takes alice's writes");
+    assert!(
+        after > 0 && !log.last().unwrap().2,
+        "B still takes alice's writes"
+    );
     assert!(
         window < Duration::from_millis(250),
         "B took alice's writes for {window:?} after the revocation ({} writes)",
