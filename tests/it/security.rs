@@ -128,6 +128,13 @@ async fn header_blocks_cost_bounded_memory(endpoint: &str, pid: u32) {
     }
     let after_held = rss_kib(pid);
     let grew = |kib: u64| kib.saturating_sub(before) / 1024;
+    eprintln!(
+        "RSS from {} MiB: +{} MiB after the bombs, +{} MiB with {} unfinished blocks held",
+        before / 1024,
+        grew(after_bombs),
+        grew(after_held),
+        open.len()
+    );
     assert!(
         grew(after_bombs) < 64 && grew(after_held) < 64,
         "RSS grew by {} MiB after the bombs, {} MiB with {} unfinished blocks held (from {} MiB)",
