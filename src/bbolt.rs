@@ -38,8 +38,12 @@ const META_CHECKSUM_AT: usize = 56;
 pub enum BoltError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("not a bbolt database: {0}")]
+    /// What is wrong with the file, and where.
+    #[error("{0}")]
     Format(String),
+    /// A caller's callback stopped the walk (the caller has the reason).
+    #[error("stopped")]
+    Stopped,
 }
 
 pub type BoltResult<T> = Result<T, BoltError>;
@@ -288,68 +292,159 @@ pub type EntryFn<'a> = dyn FnMut(&[u8], &[u8]) -> BoltResult<()> + 'a;
 /// Called with each leaf element: key, value, flags.
 type ElementFn<'a> = dyn FnMut(&[u8], &[u8], u32) -> BoltResult<()> + 'a;
 
-/// Reads a bbolt database file.
+/// How many levels a bucket's B+tree may have. bbolt keeps at least two
+/// children in each branch page, so no real tree comes near it; a crafted
+/// chain of branch pages stops here.
+const MAX_DEPTH: usize = 64;
+/// The meta struct's bytes as the reader reads them.
+const META_BYTES: usize = HEADER + 64;
+/// What errors call the bucket the meta page points to.
+const ROOT_BUCKET: &str = "the root bucket";
+
+/// Reads a bbolt database file, trusting nothing in it. Before a page is
+/// read, the reference to it is checked: its id and its overflow pages lie
+/// inside the file, and no page is read twice in one walk of a bucket's
+/// tree (a cycle or a page shared by two branches is an error), so a walk
+/// reads each page of the file at most once and never allocates from a
+/// count it has not checked against the file's length. Each error says
+/// which page is wrong, in which bucket, and why.
 pub struct Reader {
     file: File,
     page_size: usize,
+    /// The pages in use (the meta page's high-water mark); `open` checked
+    /// that the file holds them all.
+    pages: u64,
+    /// The root bucket's page.
     root: u64,
-    high: u64,
+    /// Bytes read from pages so far (the tests bound it by the file size).
+    #[cfg(test)]
+    read: std::cell::Cell<u64>,
 }
 
 impl Reader {
-    /// Opens `file`, checking the meta pages.
+    /// Opens `file`, checking the meta pages and that the file holds every
+    /// page the newer valid one counts.
     pub fn open(file: File) -> BoltResult<Reader> {
-        let mut first = vec![0u8; HEADER + 64];
-        file.read_exact_at(&mut first, 0)?;
+        let len = file
+            .metadata()
+            .map_err(|e| BoltError::Format(format!("reading the file's length: {e}")))?
+            .len();
+        if len < META_BYTES as u64 {
+            return bad(format!(
+                "not a bbolt database: the file is {len} bytes, too short for a meta page"
+            ));
+        }
+        let mut buf = [0u8; META_BYTES];
+        read_exact_at(&file, &mut buf, 0, "meta page 0")?;
         // Page 0 torn: bbolt tries the usual page size for page 1.
-        let page_size = meta_fields(&first[HEADER..]).map_or(PAGE, |m| m.page_size);
+        let page_size = meta_fields(&buf[HEADER..]).map_or(PAGE, |m| m.page_size);
         let mut best: Option<MetaFields> = None;
+        let mut why = Vec::new();
         for id in 0..2u64 {
-            let mut buf = vec![0u8; HEADER + 64];
-            if file.read_exact_at(&mut buf, id * page_size as u64).is_err() {
+            let at = id * page_size as u64;
+            if at + META_BYTES as u64 > len {
+                why.push(format!("meta page {id} lies past the end of the file"));
                 continue;
             }
-            if let Ok(m) = meta_fields(&buf[HEADER..])
-                && best.as_ref().is_none_or(|b| m.txid > b.txid)
-            {
-                best = Some(m);
+            read_exact_at(&file, &mut buf, at, &format!("meta page {id}"))?;
+            match meta_fields(&buf[HEADER..]) {
+                Ok(m) => {
+                    if best.as_ref().is_none_or(|b| m.txid > b.txid) {
+                        best = Some(m);
+                    }
+                }
+                Err(e) => why.push(format!("meta page {id}: {e}")),
             }
         }
         let Some(meta) = best else {
-            return bad("no valid meta page");
+            return bad(format!(
+                "not a bbolt database: no valid meta page ({})",
+                why.join("; ")
+            ));
         };
+        let in_file = len / meta.page_size as u64;
+        if meta.high > in_file {
+            return bad(format!(
+                "truncated: the meta page (transaction {}) counts {} pages of {} bytes, the file holds {in_file} ({len} bytes)",
+                meta.txid, meta.high, meta.page_size
+            ));
+        }
+        if meta.root < 2 || meta.root >= meta.high {
+            return bad(format!(
+                "the meta page (transaction {}) puts the root bucket at page {}, outside the database's {} pages",
+                meta.txid, meta.root, meta.high
+            ));
+        }
         Ok(Reader {
             file,
             page_size: meta.page_size,
+            pages: meta.high,
             root: meta.root,
-            high: meta.high,
+            #[cfg(test)]
+            read: std::cell::Cell::new(0),
         })
     }
 
-    fn page(&self, id: u64) -> BoltResult<Vec<u8>> {
-        if id < 2 || id >= self.high {
-            return bad(format!("page {id} out of range"));
+    /// Reads page `id` (with its overflow pages) for a walk that has read
+    /// the pages in `seen`; `from` is what refers to it. Every check comes
+    /// before the read it guards.
+    fn page(&self, id: u64, from: &Ref<'_>, seen: &mut Seen) -> BoltResult<Page> {
+        if id < 2 {
+            return bad(format!("{from} refers to page {id}, a meta page"));
+        }
+        if id >= self.pages {
+            return bad(format!(
+                "{from} refers to page {id}, past the end of the file ({} pages)",
+                self.pages
+            ));
+        }
+        if seen.has(id) {
+            return bad(format!("{from} refers to page {id} again"));
         }
         let at = id * self.page_size as u64;
         let mut buf = vec![0u8; self.page_size];
-        self.file.read_exact_at(&mut buf, at)?;
-        let overflow = u32_at(&buf, 12) as usize;
+        self.read_at(&mut buf, at, id)?;
+        let bucket = from.bucket;
+        let header_id = u64_at(&buf, 0);
+        if header_id != id {
+            return bad(format!(
+                "page {id} (in {bucket}) has id {header_id} in its header"
+            ));
+        }
+        let overflow = u64::from(u32_at(&buf, 12));
+        // id < pages, so the subtraction holds; id + overflow must be a page.
+        if overflow >= self.pages - id {
+            return bad(format!(
+                "page {id} (in {bucket}) overflow {overflow} runs past the end of the file ({} pages)",
+                self.pages
+            ));
+        }
+        if let Some(p) = (id + 1..=id + overflow).find(|p| seen.has(*p)) {
+            return bad(format!(
+                "page {id} (in {bucket}) overflow {overflow} covers page {p}, which {bucket} has read already"
+            ));
+        }
+        for p in id..=id + overflow {
+            seen.set(p);
+        }
         if overflow > 0 {
-            buf.resize(self.page_size * (overflow + 1), 0);
-            self.file
-                .read_exact_at(&mut buf[self.page_size..], at + self.page_size as u64)?;
+            // Bounded: the pages are in the file and read once per walk.
+            buf.resize(self.page_size * (overflow as usize + 1), 0);
+            self.read_at(&mut buf[self.page_size..], at + self.page_size as u64, id)?;
         }
-        if u64_at(&buf, 0) != id {
-            return bad(format!("page {id} has id {}", u64_at(&buf, 0)));
-        }
-        Ok(buf)
+        Page::parse(Some(id), buf, bucket)
+    }
+
+    fn read_at(&self, buf: &mut [u8], at: u64, id: u64) -> BoltResult<()> {
+        #[cfg(test)]
+        self.read.set(self.read.get() + buf.len() as u64);
+        read_exact_at(&self.file, buf, at, &format!("page {id}"))
     }
 
     /// The names of the top-level buckets.
-    #[cfg(test)]
     pub fn buckets(&self) -> BoltResult<Vec<Vec<u8>>> {
         let mut names = Vec::new();
-        self.walk(Root::Page(self.root), &mut |k, _, flags| {
+        self.walk(Root::Page(self.root), ROOT_BUCKET, &mut |k, _, flags| {
             if flags & BUCKET_FLAG != 0 {
                 names.push(k.to_vec());
             }
@@ -361,10 +456,10 @@ impl Reader {
     /// Calls `f` with each entry (key, value) of the top-level bucket
     /// `name`, in key order; answers false when there is no such bucket.
     pub fn for_each(&self, name: &[u8], f: &mut EntryFn<'_>) -> BoltResult<bool> {
-        let Some(page) = self.bucket_root(name)? else {
+        let Some(root) = self.bucket_root(name)? else {
             return Ok(false);
         };
-        self.walk(Root::Inline(page), &mut |k, v, flags| {
+        self.walk(root, &bucket_label(name), &mut |k, v, flags| {
             if flags & BUCKET_FLAG == 0 {
                 f(k, v)?;
             }
@@ -373,39 +468,10 @@ impl Reader {
         Ok(true)
     }
 
-    /// The last key of the top-level bucket `name` (following the last
-    /// child of each branch page), if it has any.
-    pub fn last_key(&self, name: &[u8]) -> BoltResult<Option<Vec<u8>>> {
-        let Some(mut page) = self.bucket_root(name)? else {
-            return Ok(None);
-        };
-        loop {
-            let flags = u16_at(&page, 8);
-            let count = u16_at(&page, 10) as usize;
-            if count == 0 {
-                return Ok(None);
-            }
-            let at = HEADER + ELEMENT * (count - 1);
-            if at + ELEMENT > page.len() {
-                return bad("element past the page");
-            }
-            if flags & BRANCH != 0 {
-                page = self.page(u64_at(&page, at + 8))?;
-            } else {
-                let pos = at + u32_at(&page, at + 4) as usize;
-                let ksize = u32_at(&page, at + 8) as usize;
-                if pos + ksize > page.len() {
-                    return bad("entry past the page");
-                }
-                return Ok(Some(page[pos..pos + ksize].to_vec()));
-            }
-        }
-    }
-
-    /// The root page of a top-level bucket (inline buckets included).
-    fn bucket_root(&self, name: &[u8]) -> BoltResult<Option<Vec<u8>>> {
+    /// Where a top-level bucket's tree starts (inline buckets included).
+    fn bucket_root(&self, name: &[u8]) -> BoltResult<Option<Root>> {
         let mut found: Option<Vec<u8>> = None;
-        self.walk(Root::Page(self.root), &mut |k, v, flags| {
+        self.walk(Root::Page(self.root), ROOT_BUCKET, &mut |k, v, flags| {
             if flags & BUCKET_FLAG != 0 && k == name {
                 found = Some(v.to_vec());
             }
@@ -415,58 +481,227 @@ impl Reader {
             return Ok(None);
         };
         if header.len() < 16 {
-            return bad("short bucket header");
+            return bad(format!(
+                "{}'s header is {} bytes, shorter than 16",
+                bucket_label(name),
+                header.len()
+            ));
         }
         let root = u64_at(&header, 0);
         Ok(Some(if root == 0 {
-            header[16..].to_vec()
+            Root::Inline(header[16..].to_vec())
         } else {
-            self.page(root)?
+            Root::Page(root)
         }))
     }
 
-    fn walk(&self, root: Root, f: &mut ElementFn<'_>) -> BoltResult<()> {
-        let page = match root {
-            Root::Page(id) => self.page(id)?,
-            Root::Inline(bytes) => bytes,
+    /// Calls `f` with each leaf element of the tree at `root`, in order,
+    /// depth first without recursion; `bucket` names the tree in errors.
+    fn walk(&self, root: Root, bucket: &str, f: &mut ElementFn<'_>) -> BoltResult<()> {
+        let mut seen = Seen::new(self.pages);
+        let first = match root {
+            Root::Page(id) => self.page(
+                id,
+                &Ref {
+                    bucket,
+                    parent: None,
+                },
+                &mut seen,
+            )?,
+            Root::Inline(bytes) => Page::parse(None, bytes, bucket)?,
         };
-        if page.len() < HEADER {
-            return bad("short page");
-        }
-        let flags = u16_at(&page, 8);
-        let count = u16_at(&page, 10) as usize;
-        for i in 0..count {
-            let at = HEADER + ELEMENT * i;
-            if at + ELEMENT > page.len() {
-                return bad("element past the page");
+        // The pages from the root down, each with its next element.
+        let mut stack = vec![(first, 0usize)];
+        let mut last: Option<Vec<u8>> = None;
+        while let Some((page, next)) = stack.last_mut() {
+            let i = *next;
+            if i == page.count {
+                stack.pop();
+                continue;
             }
-            if flags & BRANCH != 0 {
-                let child = u64_at(&page, at + 8);
-                self.walk(Root::Page(child), f)?;
-            } else if flags & LEAF != 0 {
-                let eflags = u32_at(&page, at);
-                let pos = at + u32_at(&page, at + 4) as usize;
-                let ksize = u32_at(&page, at + 8) as usize;
-                let vsize = u32_at(&page, at + 12) as usize;
-                if pos + ksize + vsize > page.len() {
-                    return bad("entry past the page");
+            *next += 1;
+            if page.branch {
+                let child = page.child(i, bucket)?;
+                let parent = page.id;
+                if stack.len() >= MAX_DEPTH {
+                    return bad(format!(
+                        "{} refers to page {child} more than {MAX_DEPTH} levels below the root",
+                        Ref { bucket, parent }
+                    ));
                 }
-                f(
-                    &page[pos..pos + ksize],
-                    &page[pos + ksize..pos + ksize + vsize],
-                    eflags,
-                )?;
+                let page = self.page(child, &Ref { bucket, parent }, &mut seen)?;
+                stack.push((page, 0));
             } else {
-                return bad(format!("unexpected page flags {flags:#x}"));
+                let (k, v, flags) = page.entry(i, bucket)?;
+                if last.as_deref().is_some_and(|prev| prev >= k) {
+                    return bad(format!(
+                        "{} element {i}: its key is not after the key before it",
+                        page.name(bucket)
+                    ));
+                }
+                f(k, v, flags)?;
+                let l = last.get_or_insert_with(Vec::new);
+                l.clear();
+                l.extend_from_slice(k);
             }
         }
         Ok(())
     }
+
+    /// Bytes read from pages since the reader was opened.
+    #[cfg(test)]
+    fn bytes_read(&self) -> u64 {
+        self.read.get()
+    }
+}
+
+fn read_exact_at(file: &File, buf: &mut [u8], at: u64, what: &str) -> BoltResult<()> {
+    file.read_exact_at(buf, at).map_err(|e| {
+        let end = at + buf.len() as u64;
+        BoltError::Format(format!("reading {what} (bytes {at} to {end}): {e}"))
+    })
+}
+
+/// `bucket "name"`, for errors.
+fn bucket_label(name: &[u8]) -> String {
+    format!("bucket \"{}\"", name.escape_ascii())
 }
 
 enum Root {
     Page(u64),
     Inline(Vec<u8>),
+}
+
+/// What refers to a page: the root of a bucket or a branch page of it.
+struct Ref<'a> {
+    bucket: &'a str,
+    parent: Option<u64>,
+}
+
+impl std::fmt::Display for Ref<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.parent {
+            Some(p) => write!(f, "page {p} (branch of {})", self.bucket),
+            None => write!(f, "the root of {}", self.bucket),
+        }
+    }
+}
+
+/// The pages one walk has read: a bit per page of the database.
+struct Seen(Vec<u64>);
+
+impl Seen {
+    fn new(pages: u64) -> Seen {
+        Seen(vec![0; pages.div_ceil(64) as usize])
+    }
+    fn has(&self, id: u64) -> bool {
+        self.0[(id / 64) as usize] & (1 << (id % 64)) != 0
+    }
+    fn set(&mut self, id: u64) {
+        self.0[(id / 64) as usize] |= 1 << (id % 64);
+    }
+}
+
+/// A branch or leaf page whose element array fits in its bytes.
+struct Page {
+    /// `None`: an inline bucket's page.
+    id: Option<u64>,
+    bytes: Vec<u8>,
+    branch: bool,
+    count: usize,
+}
+
+impl Page {
+    fn parse(id: Option<u64>, bytes: Vec<u8>, bucket: &str) -> BoltResult<Page> {
+        let name = page_name(id, bucket);
+        if bytes.len() < HEADER {
+            return bad(format!(
+                "{name} is {} bytes, shorter than a page header",
+                bytes.len()
+            ));
+        }
+        let flags = u16_at(&bytes, 8);
+        let branch = match flags {
+            BRANCH => true,
+            LEAF => false,
+            _ => {
+                return bad(format!(
+                    "{name} has flags {flags:#x}, neither a branch nor a leaf page"
+                ));
+            }
+        };
+        let count = usize::from(u16_at(&bytes, 10));
+        if HEADER + ELEMENT * count > bytes.len() {
+            return bad(format!(
+                "{name} has {count} elements, more than its {} bytes hold",
+                bytes.len()
+            ));
+        }
+        if branch && count == 0 {
+            return bad(format!("{name} is a branch page without elements"));
+        }
+        if branch && id.is_none() {
+            return bad(format!(
+                "{name} is a branch page (an inline bucket is a single leaf)"
+            ));
+        }
+        Ok(Page {
+            id,
+            bytes,
+            branch,
+            count,
+        })
+    }
+
+    fn name(&self, bucket: &str) -> String {
+        page_name(self.id, bucket)
+    }
+
+    /// A branch element's child page, its key checked to lie in the page.
+    fn child(&self, i: usize, bucket: &str) -> BoltResult<u64> {
+        let at = HEADER + ELEMENT * i;
+        let start = at as u64 + u64::from(u32_at(&self.bytes, at));
+        let ksize = u64::from(u32_at(&self.bytes, at + 4));
+        if start + ksize > self.bytes.len() as u64 {
+            return bad(format!(
+                "{} element {i}: its key ({ksize} bytes at {start}) runs past the page's {} bytes",
+                self.name(bucket),
+                self.bytes.len()
+            ));
+        }
+        Ok(u64_at(&self.bytes, at + 8))
+    }
+
+    /// A leaf element: key, value, flags.
+    fn entry(&self, i: usize, bucket: &str) -> BoltResult<(&[u8], &[u8], u32)> {
+        let at = HEADER + ELEMENT * i;
+        let flags = u32_at(&self.bytes, at);
+        let start = at as u64 + u64::from(u32_at(&self.bytes, at + 4));
+        let ksize = u64::from(u32_at(&self.bytes, at + 8));
+        let vsize = u64::from(u32_at(&self.bytes, at + 12));
+        if start + ksize + vsize > self.bytes.len() as u64 {
+            return bad(format!(
+                "{} element {i}: its key and value ({ksize} and {vsize} bytes at {start}) run past the page's {} bytes",
+                self.name(bucket),
+                self.bytes.len()
+            ));
+        }
+        // In range of the page, so each fits a usize.
+        let (start, ksize, vsize) = (start as usize, ksize as usize, vsize as usize);
+        Ok((
+            &self.bytes[start..start + ksize],
+            &self.bytes[start + ksize..start + ksize + vsize],
+            flags,
+        ))
+    }
+}
+
+/// `page 9 (in bucket "key")`, or an inline bucket's page, for errors.
+fn page_name(id: Option<u64>, bucket: &str) -> String {
+    match id {
+        Some(id) => format!("page {id} (in {bucket})"),
+        None => format!("the inline page of {bucket}"),
+    }
 }
 
 struct MetaFields {
@@ -481,14 +716,14 @@ fn meta_fields(m: &[u8]) -> BoltResult<MetaFields> {
         return bad("bad magic");
     }
     if u32_at(m, 4) != VERSION {
-        return bad("unsupported version");
+        return bad(format!("unsupported version {}", u32_at(m, 4)));
     }
     if u64_at(m, 56) != fnv1a64(&m[..META_CHECKSUM_AT]) {
         return bad("meta checksum mismatch");
     }
     let page_size = u32_at(m, 8) as usize;
     if !(1024..=65536).contains(&page_size) {
-        return bad("bad page size");
+        return bad(format!("bad page size {page_size}"));
     }
     Ok(MetaFields {
         page_size,
@@ -496,6 +731,150 @@ fn meta_fields(m: &[u8]) -> BoltResult<MetaFields> {
         high: u64_at(m, 40),
         txid: u64_at(m, 48),
     })
+}
+
+/// Byte surgery on databases the writer made, for the tests of crafted
+/// files here and in `snapshot.rs`.
+#[cfg(test)]
+pub(crate) mod craft {
+    use super::*;
+
+    pub fn put_u16(b: &mut [u8], at: usize, v: u16) {
+        b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    pub fn put_u32(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    pub fn put_u64(b: &mut [u8], at: usize, v: u64) {
+        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// The pages of a database the writer made (no trailer).
+    pub fn pages(b: &[u8]) -> u64 {
+        (b.len() / PAGE) as u64
+    }
+
+    /// Where page `id` starts.
+    pub fn page_at(id: u64) -> usize {
+        id as usize * PAGE
+    }
+
+    /// Where element `i` of page `id` starts.
+    pub fn element(id: u64, i: usize) -> usize {
+        page_at(id) + HEADER + ELEMENT * i
+    }
+
+    pub fn count(b: &[u8], id: u64) -> usize {
+        usize::from(u16_at(b, page_at(id) + 10))
+    }
+
+    pub fn is_branch(b: &[u8], id: u64) -> bool {
+        u16_at(b, page_at(id) + 8) == BRANCH
+    }
+
+    pub fn set_overflow(b: &mut [u8], id: u64, overflow: u32) {
+        put_u32(b, page_at(id) + 12, overflow);
+    }
+
+    /// Child `i` of branch page `id`.
+    pub fn child(b: &[u8], id: u64, i: usize) -> u64 {
+        u64_at(b, element(id, i) + 8)
+    }
+
+    pub fn set_child(b: &mut [u8], id: u64, i: usize, child: u64) {
+        put_u64(b, element(id, i) + 8, child);
+    }
+
+    /// The offset of the bucket header (root page, sequence) of top-level
+    /// bucket `name` in the root bucket's leaf.
+    pub fn bucket_header(b: &[u8], name: &[u8]) -> usize {
+        let root = u64_at(b, PAGE + HEADER + 16);
+        for i in 0..count(b, root) {
+            let at = element(root, i);
+            let pos = at + u32_at(b, at + 4) as usize;
+            let ksize = u32_at(b, at + 8) as usize;
+            if &b[pos..pos + ksize] == name {
+                return pos + ksize;
+            }
+        }
+        panic!("no bucket {}", name.escape_ascii());
+    }
+
+    /// The root page of top-level bucket `name`.
+    pub fn bucket_root(b: &[u8], name: &[u8]) -> u64 {
+        u64_at(b, bucket_header(b, name))
+    }
+
+    pub fn set_bucket_root(b: &mut [u8], name: &[u8], page: u64) {
+        let at = bucket_header(b, name);
+        put_u64(b, at, page);
+    }
+
+    /// Runs `f` on another thread and waits at most 20 s for it, so that
+    /// a reader that loops fails the test instead of hanging it.
+    pub fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the reader has not answered in 20 s")
+    }
+
+    /// Where the value of leaf element `i` of page `id` starts.
+    pub fn value_at(b: &[u8], id: u64, i: usize) -> usize {
+        let at = element(id, i);
+        at + u32_at(b, at + 4) as usize + u32_at(b, at + 8) as usize
+    }
+
+    /// Recomputes both meta pages' checksums.
+    pub fn fix_meta(b: &mut [u8]) {
+        for id in 0..2 {
+            let at = page_at(id) + HEADER;
+            let sum = fnv1a64(&b[at..at + META_CHECKSUM_AT]);
+            put_u64(b, at + META_CHECKSUM_AT, sum);
+        }
+    }
+
+    /// Sets both meta pages' high-water mark.
+    pub fn set_high(b: &mut [u8], high: u64) {
+        for id in 0..2 {
+            put_u64(b, page_at(id) + HEADER + 40, high);
+        }
+        fix_meta(b);
+    }
+
+    /// Appends a branch page (empty keys) over `children`; answers its id.
+    pub fn append_branch(b: &mut Vec<u8>, children: &[u64]) -> u64 {
+        let id = pages(b);
+        let mut page = vec![0u8; PAGE];
+        page_header(&mut page, id, BRANCH, children.len(), 0);
+        for (i, c) in children.iter().enumerate() {
+            let at = HEADER + ELEMENT * i;
+            let pos = (children.len() - i) * ELEMENT;
+            page[at..at + 4].copy_from_slice(&(pos as u32).to_le_bytes());
+            page[at + 8..at + 16].copy_from_slice(&c.to_le_bytes());
+        }
+        b.extend_from_slice(&page);
+        set_high(b, id + 1);
+        id
+    }
+
+    /// Makes bucket `name`'s root a DAG three levels deep: each level a
+    /// branch page whose 255 elements all refer to the page below, the
+    /// bucket's old root at the bottom, which a walk that does not see
+    /// the sharing reaches 255^3 times. Answers the lowest new page and
+    /// the old root: a depth-first walk sees the sharing there first.
+    pub fn dag(b: &mut Vec<u8>, name: &[u8]) -> (u64, u64) {
+        let old = bucket_root(b, name);
+        let lowest = append_branch(b, &[old; 255]);
+        let mut below = lowest;
+        for _ in 0..2 {
+            below = append_branch(b, &[below; 255]);
+        }
+        set_bucket_root(b, name, below);
+        (lowest, old)
+    }
 }
 
 #[cfg(test)]
@@ -546,11 +925,6 @@ mod tests {
             .unwrap()
         );
         assert_eq!(got, expect);
-        assert_eq!(
-            r.last_key(b"key").unwrap(),
-            expect.last().map(|e| e.0.clone())
-        );
-        assert_eq!(r.last_key(b"empty").unwrap(), None);
         let mut n = 0;
         assert!(
             r.for_each(b"empty", &mut |_, _| {
@@ -561,5 +935,512 @@ mod tests {
         );
         assert_eq!(n, 0);
         assert!(!r.for_each(b"missing", &mut |_, _| Ok(())).unwrap());
+    }
+
+    use super::craft::*;
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    /// A database of three buckets: "key", `entries` entries (about 53 a
+    /// leaf, under one branch page from 2 leaves on), "lease" and "meta",
+    /// a few entries each. Answers its bytes.
+    fn sample(path: &Path, entries: u32) -> Vec<u8> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
+        let mut w = Writer::new(file).unwrap();
+        let mut b = w.bucket(b"key");
+        for i in 0..entries {
+            b.put(format!("/registry/{i:010}").as_bytes(), &[i as u8; 40])
+                .unwrap();
+        }
+        b.finish().unwrap();
+        let mut b = w.bucket(b"lease");
+        for i in 0u64..5 {
+            b.put(&i.to_be_bytes(), b"lease").unwrap();
+        }
+        b.finish().unwrap();
+        let mut b = w.bucket(b"meta");
+        b.put(b"consistent_index", &9u64.to_be_bytes()).unwrap();
+        b.finish().unwrap();
+        w.finish().unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    /// The sample with 4000 keys (76 leaves), its "key" bucket's branch
+    /// root and the leaves under it.
+    fn key_tree(dir: &Path) -> (Vec<u8>, u64, Vec<u64>) {
+        let bytes = sample(&dir.join("sample"), 4000);
+        let root = bucket_root(&bytes, b"key");
+        assert!(is_branch(&bytes, root));
+        let leaves = (0..count(&bytes, root))
+            .map(|i| child(&bytes, root, i))
+            .collect::<Vec<_>>();
+        assert!(leaves.len() > 70, "{}", leaves.len());
+        (bytes, root, leaves)
+    }
+
+    /// Reads every bucket of the file at `path`: the entries read and the
+    /// bytes the reader read, or the error's text.
+    fn read_all(path: &Path) -> Result<(u64, u64), String> {
+        let text = |e: BoltError| e.to_string();
+        let r = Reader::open(File::open(path).unwrap()).map_err(text)?;
+        let mut n = 0;
+        for name in r.buckets().map_err(text)? {
+            r.for_each(&name, &mut |_, _| {
+                n += 1;
+                Ok(())
+            })
+            .map_err(text)?;
+        }
+        Ok((n, r.bytes_read()))
+    }
+
+    /// Writes `bytes` to a file and checks that reading it fails within
+    /// 2 s with an error saying `needle`.
+    fn assert_fails(bytes: &[u8], needle: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let path: PathBuf = dir.path().join("crafted");
+        std::fs::write(&path, bytes).unwrap();
+        let started = Instant::now();
+        let got = bounded(move || read_all(&path));
+        let took = started.elapsed();
+        let err = got.expect_err("the crafted file read as valid");
+        assert!(err.contains(needle), "{err:?} does not say {needle:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}: {err}");
+    }
+
+    #[test]
+    fn sample_reads_each_page_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sample");
+        let bytes = sample(&path, 4000);
+        let (n, read) = read_all(&path).unwrap();
+        assert_eq!(n, 4000 + 5 + 1);
+        // A walk of the root bucket before each bucket's walk, and one
+        // to list them.
+        assert!(read <= 4 * PAGE as u64 + bytes.len() as u64, "{read}");
+    }
+
+    #[test]
+    fn branch_whose_first_child_is_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, root, _) = key_tree(dir.path());
+        set_child(&mut b, root, 0, root);
+        assert_fails(
+            &b,
+            &format!("page {root} (branch of bucket \"key\") refers to page {root} again"),
+        );
+    }
+
+    #[test]
+    fn branch_whose_last_child_is_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, root, leaves) = key_tree(dir.path());
+        set_child(&mut b, root, leaves.len() - 1, root);
+        assert_fails(
+            &b,
+            &format!("page {root} (branch of bucket \"key\") refers to page {root} again"),
+        );
+    }
+
+    #[test]
+    fn branch_whose_children_are_one_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, root, leaves) = key_tree(dir.path());
+        for i in 1..leaves.len() {
+            set_child(&mut b, root, i, leaves[0]);
+        }
+        assert_fails(
+            &b,
+            &format!(
+                "page {root} (branch of bucket \"key\") refers to page {} again",
+                leaves[0]
+            ),
+        );
+    }
+
+    #[test]
+    fn dag_of_branch_pages_each_referred_to_255_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _, _) = key_tree(dir.path());
+        let (lowest, old) = dag(&mut b, b"key");
+        assert_fails(
+            &b,
+            &format!("page {lowest} (branch of bucket \"key\") refers to page {old} again"),
+        );
+    }
+
+    #[test]
+    fn huge_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _, leaves) = key_tree(dir.path());
+        set_overflow(&mut b, leaves[0], u32::MAX);
+        assert_fails(
+            &b,
+            &format!(
+                "page {} (in bucket \"key\") overflow 4294967295 runs past the end of the file ({} pages)",
+                leaves[0],
+                pages(&b)
+            ),
+        );
+    }
+
+    #[test]
+    fn overflow_one_page_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _, _) = key_tree(dir.path());
+        // The lease bucket is one leaf; the pages after it are other
+        // buckets', which its walk does not read.
+        let leaf = bucket_root(&b, b"lease");
+        assert!(!is_branch(&b, leaf));
+        let overflow = pages(&b) - leaf;
+        set_overflow(&mut b, leaf, overflow as u32);
+        assert_fails(
+            &b,
+            &format!(
+                "page {leaf} (in bucket \"lease\") overflow {overflow} runs past the end of the file ({} pages)",
+                pages(&b)
+            ),
+        );
+        // One page less ends at the last page: it reads.
+        set_overflow(&mut b, leaf, overflow as u32 - 1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        std::fs::write(&path, &b).unwrap();
+        read_all(&path).unwrap();
+    }
+
+    #[test]
+    fn overflow_over_pages_the_tree_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, root, leaves) = key_tree(dir.path());
+        // Forward: the next leaf is then read a second time.
+        let mut forward = b.clone();
+        set_overflow(&mut forward, leaves[0], 1);
+        assert_fails(
+            &forward,
+            &format!(
+                "page {root} (branch of bucket \"key\") refers to page {} again",
+                leaves[1]
+            ),
+        );
+        // Backward: the second leaf read covers the first.
+        set_child(&mut b, root, 0, leaves[1]);
+        set_child(&mut b, root, 1, leaves[0]);
+        set_overflow(&mut b, leaves[0], 1);
+        assert_fails(
+            &b,
+            &format!(
+                "page {} (in bucket \"key\") overflow 1 covers page {}, which bucket \"key\" has read already",
+                leaves[0], leaves[1]
+            ),
+        );
+    }
+
+    #[test]
+    fn page_ids_out_of_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, root, _) = key_tree(dir.path());
+        let n = pages(&b);
+        let mut c = b.clone();
+        set_child(&mut c, root, 3, 1_000_000);
+        assert_fails(
+            &c,
+            &format!(
+                "page {root} (branch of bucket \"key\") refers to page 1000000, past the end of the file ({n} pages)"
+            ),
+        );
+        let mut c = b.clone();
+        set_child(&mut c, root, 3, n);
+        assert_fails(
+            &c,
+            &format!("refers to page {n}, past the end of the file ({n} pages)"),
+        );
+        let mut c = b.clone();
+        set_child(&mut c, root, 3, 1);
+        assert_fails(
+            &c,
+            &format!("page {root} (branch of bucket \"key\") refers to page 1, a meta page"),
+        );
+        let mut c = b.clone();
+        set_child(&mut c, root, 3, 2);
+        assert_fails(
+            &c,
+            "page 2 (in bucket \"key\") has flags 0x10, neither a branch nor a leaf page",
+        );
+        let mut c = b.clone();
+        set_bucket_root(&mut c, b"key", n + 5);
+        assert_fails(
+            &c,
+            &format!(
+                "the root of bucket \"key\" refers to page {}, past the end of the file ({n} pages)",
+                n + 5
+            ),
+        );
+        let mut c = b.clone();
+        put_u64(&mut c, PAGE + HEADER + 16, n);
+        put_u64(&mut c, HEADER + 16, n);
+        fix_meta(&mut c);
+        assert_fails(
+            &c,
+            &format!(
+                "the meta page (transaction 2) puts the root bucket at page {n}, outside the database's {n} pages"
+            ),
+        );
+    }
+
+    #[test]
+    fn truncated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, _, _) = key_tree(dir.path());
+        assert_fails(
+            &b[..10 * PAGE],
+            &format!(
+                "truncated: the meta page (transaction 2) counts {} pages of 4096 bytes, the file holds 10 (40960 bytes)",
+                pages(&b)
+            ),
+        );
+        assert_fails(
+            &b[..b.len() - 1],
+            &format!("the file holds {} (", pages(&b) - 1),
+        );
+        assert_fails(&b[..50], "the file is 50 bytes, too short for a meta page");
+        assert_fails(
+            &b[..PAGE + 40],
+            &format!(
+                "truncated: the meta page (transaction 1) counts {} pages of 4096 bytes, the file holds 1 (4136 bytes)",
+                pages(&b)
+            ),
+        );
+    }
+
+    #[test]
+    fn branch_chain_deeper_than_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _, leaves) = key_tree(dir.path());
+        // Leaves 0..70 become branch pages, each over the next.
+        for w in leaves[..71].windows(2) {
+            let at = page_at(w[0]);
+            put_u16(&mut b, at + 8, BRANCH);
+            put_u16(&mut b, at + 10, 1);
+            put_u32(&mut b, at + HEADER, ELEMENT as u32);
+            put_u32(&mut b, at + HEADER + 4, 0);
+            put_u64(&mut b, at + HEADER + 8, w[1]);
+        }
+        assert_fails(&b, "more than 64 levels below the root");
+    }
+
+    #[test]
+    fn elements_past_the_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, root, leaves) = key_tree(dir.path());
+        let leaf = leaves[5];
+        let mut c = b.clone();
+        put_u16(&mut c, page_at(leaf) + 10, u16::MAX);
+        assert_fails(
+            &c,
+            &format!(
+                "page {leaf} (in bucket \"key\") has 65535 elements, more than its 4096 bytes hold"
+            ),
+        );
+        let mut c = b.clone();
+        put_u32(&mut c, element(leaf, 2) + 12, u32::MAX);
+        assert_fails(
+            &c,
+            &format!(
+                "page {leaf} (in bucket \"key\") element 2: its key and value (20 and 4294967295 bytes at "
+            ),
+        );
+        let mut c = b.clone();
+        put_u32(&mut c, element(root, 2), u32::MAX);
+        assert_fails(
+            &c,
+            &format!("page {root} (in bucket \"key\") element 2: its key (20 bytes at "),
+        );
+        let mut c = b.clone();
+        put_u64(&mut c, page_at(leaf), 7);
+        assert_fails(
+            &c,
+            &format!("page {leaf} (in bucket \"key\") has id 7 in its header"),
+        );
+        // Two leaves swapped: the keys go back.
+        let mut c = b.clone();
+        set_child(&mut c, root, 1, leaves[2]);
+        set_child(&mut c, root, 2, leaves[1]);
+        assert_fails(
+            &c,
+            &format!(
+                "page {} (in bucket \"key\") element 0: its key is not after the key before it",
+                leaves[1]
+            ),
+        );
+    }
+
+    /// Fuzzing without a fuzzer (CI runs stable `cargo test`; `fuzz/` has
+    /// the cargo-fuzz target): thousands of seeded mutations of a small
+    /// valid file, aimed at the fields the reader trusts least (page ids,
+    /// flags, counts, overflow, element offsets and sizes, child ids,
+    /// meta fields with their checksum recomputed, the length), each read
+    /// whole. None may panic, take more than a second, or read more than
+    /// the file's bytes per walk.
+    #[test]
+    fn mutated_files_read_or_fail_quickly() {
+        use rand::{RngExt, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let good = sample(&dir.path().join("good"), 600);
+        let path = dir.path().join("mutated");
+        let done = bounded(move || {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(0x6b6f_696e_6562_6f6c);
+            let n = pages(&good);
+            // Where the buckets' roots are, found before any mutation.
+            let headers: Vec<usize> = [&b"key"[..], b"lease", b"meta"]
+                .iter()
+                .map(|name| bucket_header(&good, name))
+                .collect();
+            let (mut ok, mut failed) = (0, 0);
+            for round in 0..4000 {
+                let mut b = good.clone();
+                for _ in 0..rng.random_range(1..=3) {
+                    mutate(&mut b, n, &headers, &mut rng);
+                }
+                if rng.random_bool(0.05) {
+                    let len = rng.random_range(0..b.len());
+                    b.truncate(len);
+                }
+                std::fs::write(&path, &b).unwrap();
+                let started = Instant::now();
+                let got = std::panic::catch_unwind(|| read_all(&path));
+                let took = started.elapsed();
+                let got = got.unwrap_or_else(|_| panic!("round {round}: the reader panicked"));
+                assert!(took < Duration::from_secs(1), "round {round}: {took:?}");
+                match got {
+                    Ok((_, read)) => {
+                        // At most four walks (see sample_reads_each_page_once).
+                        assert!(read <= 4 * b.len() as u64, "round {round}: read {read}");
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        assert!(!e.is_empty());
+                        failed += 1;
+                    }
+                }
+            }
+            (ok, failed)
+        });
+        // Most mutations break the file; some land where nothing reads.
+        assert!(done.1 > 2000 && done.0 > 0, "{done:?}");
+    }
+
+    /// One mutation of a database of `n` pages (its length unchanged),
+    /// whose buckets' headers are at `headers`.
+    fn mutate(b: &mut [u8], n: u64, headers: &[usize], rng: &mut rand::rngs::SmallRng) {
+        use rand::RngExt;
+        let id = rng.random_range(0..n);
+        let page = page_at(id);
+        let count = count(b, id).max(1);
+        // Page ids near the file's bounds, and any.
+        let some_page = |rng: &mut rand::rngs::SmallRng| match rng.random_range(0..6) {
+            0 => id,
+            1 => rng.random_range(0..n + 2),
+            2 => n,
+            3 => rng.random_range(0..3),
+            4 => u64::MAX - rng.random_range(0..2),
+            _ => rng.random(),
+        };
+        let some_u32 = |rng: &mut rand::rngs::SmallRng| match rng.random_range(0..5) {
+            0 => rng.random_range(0..64),
+            1 => rng.random_range(0..PAGE as u32 * 2),
+            2 => u32::MAX - rng.random_range(0..2),
+            3 => 1 << rng.random_range(0..32),
+            _ => rng.random(),
+        };
+        match rng.random_range(0..12) {
+            0 => {
+                let v = some_page(rng);
+                put_u64(b, page, v)
+            }
+            1 => {
+                let v = [0, BRANCH, LEAF, META, FREELIST, rng.random()][rng.random_range(0..6)];
+                put_u16(b, page + 8, v)
+            }
+            2 => {
+                let v =
+                    [0, 1, count as u16 + 1, 255, u16::MAX, rng.random()][rng.random_range(0..6)];
+                put_u16(b, page + 10, v)
+            }
+            3 => {
+                let v = match rng.random_range(0..4) {
+                    0 => rng.random_range(0..4),
+                    1 => (n - id) as u32 - rng.random_range(0..2),
+                    2 => 1 << 18,
+                    _ => some_u32(rng),
+                };
+                put_u32(b, page + 12, v)
+            }
+            4 | 5 => {
+                // An element field: pos, sizes or flags; a branch's child.
+                let at = element(id, rng.random_range(0..count));
+                if rng.random_bool(0.4) {
+                    let v = some_page(rng);
+                    put_u64(b, at + 8, v)
+                } else {
+                    let v = some_u32(rng);
+                    put_u32(b, at + 4 * rng.random_range(0..4), v)
+                }
+            }
+            6 => {
+                // A bucket's root, in the root bucket's leaf.
+                let at = headers[rng.random_range(0..headers.len())];
+                let v = if rng.random_bool(0.3) {
+                    0
+                } else {
+                    some_page(rng)
+                };
+                put_u64(b, at, v)
+            }
+            7 => {
+                // A meta field (root, freelist, high-water mark, txid,
+                // page size), the checksum made right.
+                let m = page_at(rng.random_range(0..2)) + HEADER;
+                match rng.random_range(0..4) {
+                    0 => {
+                        let v = some_page(rng);
+                        put_u64(b, m + 16, v)
+                    }
+                    1 => {
+                        let v = some_page(rng);
+                        put_u64(b, m + 40, v)
+                    }
+                    2 => {
+                        let v = rng.random_range(0..4);
+                        put_u64(b, m + 48, v)
+                    }
+                    _ => {
+                        let v =
+                            [512, 1024, 2048, 8192, 65536, some_u32(rng)][rng.random_range(0..6)];
+                        put_u32(b, m + 8, v)
+                    }
+                }
+                fix_meta(b)
+            }
+            8 => {
+                // One page copied over another: shared pages, cycles.
+                let from = page_at(rng.random_range(2..n));
+                let page_bytes = b[from..from + PAGE].to_vec();
+                b[page..page + PAGE].copy_from_slice(&page_bytes);
+                if rng.random_bool(0.5) {
+                    put_u64(b, page, id);
+                }
+            }
+            _ => {
+                let at = rng.random_range(0..b.len());
+                b[at] ^= 1 << rng.random_range(0..8)
+            }
+        }
     }
 }

@@ -93,26 +93,15 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
     let db = crate::open_db(&args.target)
         .await?
         .context("the import target must be a database (sqlite, postgres or mysql), not etcd")?;
+    // Nothing is written to the target before the source is open and
+    // checked as far as it can be before the copy (a snapshot: all of it):
+    // a mistyped path, a damaged file or an unreachable source leave the
+    // target as it was.
+    Importer::check_target(&db, args.overwrite).await?;
+    let source = Source::open(&args).await?;
     let started = Instant::now();
     let mut imp = Importer::prepare(db.clone(), args.overwrite).await?;
-    if let Some(path) = &args.from_snapshot {
-        from_snapshot(&mut imp, path.clone(), args.skip_hash_check).await?
-    } else if let Some(dsn) = &args.from_koine {
-        let mut cfg = args.target.clone();
-        cfg.endpoint = dsn.clone();
-        let src = crate::open_db(&cfg)
-            .await?
-            .context("--from-koine takes a database DSN")?;
-        let done = from_koine(&mut imp, &src).await;
-        src.close().await;
-        done?
-    } else if let Some(dsn) = &args.from_kine {
-        from_kine(&mut imp, dsn).await?
-    } else if let Some(urls) = &args.from_etcd {
-        from_etcd(&mut imp, urls, &args.target, args.follow).await?
-    } else {
-        unreachable!("clap requires a source")
-    }
+    source.import(&mut imp, args.follow).await?;
     imp.release_held().await?;
     imp.flush().await?;
     let source_hash = imp.crc.clone().finish();
@@ -143,73 +132,241 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the snapshot's key bucket on a blocking thread.
-async fn from_snapshot(imp: &mut Importer, path: PathBuf, skip: bool) -> anyhow::Result<()> {
-    let (ending, last, total_bytes) = tokio::task::spawn_blocking({
-        let path = path.clone();
-        move || -> anyhow::Result<(Ending, Revision, u64)> {
-            let snap = crate::snapshot::EtcdSnapshot::open(&path, skip)?;
-            // etcd finishes a scheduled compaction when it starts.
-            let compact = snap
-                .meta_revision(crate::snapshot::SCHEDULED_COMPACT)?
-                .max(snap.meta_revision(crate::snapshot::FINISHED_COMPACT)?)
-                .unwrap_or(0);
-            let last = match snap.reader.last_key(crate::snapshot::BUCKET_KEY)? {
-                Some(k) => crate::snapshot::parse_rev_key(&k).map_or(0, |r| r.0),
-                None => 0,
-            };
-            let (enabled, revision, state) = snap.auth()?;
-            let auth = crate::sql::AuthRow {
+/// A source, opened (and checked as far as it can be) before the target
+/// is touched.
+enum Source {
+    Snapshot {
+        snap: crate::snapshot::EtcdSnapshot,
+        path: PathBuf,
+        contents: crate::snapshot::Contents,
+    },
+    Koine {
+        name: String,
+        db: Db,
+    },
+    Kine {
+        name: String,
+        pool: KinePool,
+        revision: Revision,
+        compact: Revision,
+    },
+    Etcd(EtcdState),
+}
+
+impl Source {
+    async fn open(args: &ImportArgs) -> anyhow::Result<Source> {
+        if let Some(path) = &args.from_snapshot {
+            open_snapshot(path.clone(), args.skip_hash_check).await
+        } else if let Some(dsn) = &args.from_koine {
+            let name = format!("Koine database {}", redacted(dsn));
+            let db = open_koine(dsn, &args.target)
+                .await
+                .map_err(|e| anyhow::anyhow!("{name}: {e:#}"))?;
+            Ok(Source::Koine { name, db })
+        } else if let Some(dsn) = &args.from_kine {
+            let name = format!("kine database {}", redacted(dsn));
+            let (pool, revision, compact) = open_kine(dsn)
+                .await
+                .map_err(|e| anyhow::anyhow!("{name}: {e:#}"))?;
+            Ok(Source::Kine {
+                name,
+                pool,
                 revision,
-                enabled,
-                state: prost::Message::encode_to_vec(&state).into(),
-            };
-            Ok((
-                Ending {
-                    // etcd's rule on restore: the revision is the newest
-                    // in the key bucket, or the compaction if that is
-                    // newer.
-                    revision: last.max(compact).max(1),
-                    compact,
-                    leases: Some(snap.leases()?),
-                    auth: Some(auth),
-                },
-                last,
-                std::fs::metadata(&path)?.len(),
-            ))
+                compact,
+            })
+        } else if let Some(urls) = &args.from_etcd {
+            let name = format!("etcd {}", redacted(urls));
+            let state = open_etcd(urls, &args.target)
+                .await
+                .map_err(|e| anyhow::anyhow!("{name}: {e:#}"))?;
+            Ok(Source::Etcd(EtcdState { name, ..state }))
+        } else {
+            unreachable!("clap requires a source")
         }
+    }
+
+    /// Copies the source's history into the importer; errors of the source
+    /// name it.
+    async fn import(self, imp: &mut Importer, follow: bool) -> anyhow::Result<()> {
+        match self {
+            Source::Snapshot {
+                snap,
+                path,
+                contents,
+            } => from_snapshot(imp, snap, path, contents).await,
+            Source::Koine { name, db } => {
+                let done = from_koine(imp, &db, &name).await;
+                db.close().await;
+                done
+            }
+            Source::Kine {
+                name,
+                pool,
+                revision,
+                compact,
+            } => {
+                let done = from_kine(imp, &pool, &name, revision, compact).await;
+                pool.close().await;
+                done
+            }
+            Source::Etcd(state) => from_etcd(imp, state, follow).await,
+        }
+    }
+}
+
+/// A DSN or URL list as errors show it: credentials (up to an `@`) and a
+/// query with a password left out.
+fn redacted(dsn: &str) -> String {
+    let mut out = match (dsn.find("://"), dsn.rfind('@')) {
+        (Some(start), Some(at)) if at > start => format!("{}://***{}", &dsn[..start], &dsn[at..]),
+        (None, Some(at)) => format!("***{}", &dsn[at..]),
+        _ => dsn.to_string(),
+    };
+    if let Some(q) = out.find('?')
+        && out[q..].to_ascii_lowercase().contains("password")
+    {
+        out.truncate(q);
+        out.push_str("?***");
+    }
+    out
+}
+
+/// Opens an etcd snapshot and reads all of it ([`EtcdSnapshot::verify`]),
+/// on a blocking thread.
+///
+/// [`EtcdSnapshot::verify`]: crate::snapshot::EtcdSnapshot::verify
+async fn open_snapshot(path: PathBuf, skip_hash_check: bool) -> anyhow::Result<Source> {
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let snap = crate::snapshot::EtcdSnapshot::open(&path, skip_hash_check)?;
+        let contents = snap.verify()?;
+        tracing::info!(
+            file = %path.display(),
+            rows = contents.rows,
+            revision = contents.last,
+            compact = contents.compact,
+            leases = contents.leases.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "snapshot read and checked, before the target is touched"
+        );
+        Ok(Source::Snapshot {
+            snap,
+            path,
+            contents,
+        })
     })
-    .await??;
+    .await?
+}
+
+/// Copies the key bucket of a snapshot `verify` checked, read on a
+/// blocking thread.
+async fn from_snapshot(
+    imp: &mut Importer,
+    snap: crate::snapshot::EtcdSnapshot,
+    path: PathBuf,
+    contents: crate::snapshot::Contents,
+) -> anyhow::Result<()> {
+    let crate::snapshot::Contents {
+        compact,
+        last,
+        rows,
+        leases,
+        auth_enabled,
+        auth_revision,
+        auth,
+    } = contents;
+    let ending = Ending {
+        // etcd's rule on restore: the revision is the newest in the key
+        // bucket, or the compaction if that is newer.
+        revision: last.max(compact).max(1),
+        compact,
+        leases: Some(leases),
+        auth: Some(crate::sql::AuthRow {
+            revision: auth_revision,
+            enabled: auth_enabled,
+            state: prost::Message::encode_to_vec(&auth).into(),
+        }),
+    };
     tracing::info!(
         file = %path.display(),
-        bytes = total_bytes,
+        rows,
         revision = ending.revision,
         compact = ending.compact,
         "importing an etcd snapshot"
     );
     imp.begin(ending.compact, last);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<anyhow::Result<Row>>(4096);
-    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let snap = crate::snapshot::EtcdSnapshot::open(&path, true)?;
-        snap.reader
-            .for_each(crate::snapshot::BUCKET_KEY, &mut |k, v| {
-                let row = crate::snapshot::decode_key_entry(k, v);
-                tx.blocking_send(row).map_err(|_| {
-                    crate::bbolt::BoltError::Io(std::io::Error::other("import stopped"))
-                })
-            })?;
-        Ok(())
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Row>(4096);
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let mut n = 0;
+        snap.for_each_row(|row| {
+            n += 1;
+            tx.blocking_send(row)
+                .map_err(|_| anyhow::anyhow!("the import stopped"))
+        })?;
+        Ok(n)
     });
     while let Some(row) = rx.recv().await {
-        imp.push(row?).await?;
+        imp.push(row).await?;
     }
-    reader.await??;
+    let read = reader.await??;
+    if read != rows {
+        bail!(
+            "snapshot {}: {read} rows in bucket \"key\" now, {rows} when it was checked: the file changed during the import",
+            path.display()
+        );
+    }
     imp.ending = Some(ending);
     Ok(())
 }
 
+/// Opens another Koine database and checks it holds a finished store (not
+/// the target itself).
+async fn open_koine(dsn: &str, target: &Config) -> anyhow::Result<Db> {
+    let mut cfg = target.clone();
+    cfg.endpoint = dsn.to_string();
+    let same = match (cfg.storage()?, target.storage()?) {
+        (Endpoint::Sqlite(src), Endpoint::Sqlite(dst)) => {
+            // Connecting creates a missing SQLite file: a mistyped path
+            // would import an empty store.
+            let src = std::fs::canonicalize(&src.path)
+                .with_context(|| format!("cannot open {}", src.path.display()))?;
+            std::fs::canonicalize(&dst.path).is_ok_and(|dst| dst == src)
+        }
+        (Endpoint::Sqlite(src), _) => {
+            std::fs::metadata(&src.path)
+                .with_context(|| format!("cannot open {}", src.path.display()))?;
+            false
+        }
+        _ => dsn == target.endpoint,
+    };
+    if same {
+        bail!("it is the import's target");
+    }
+    let db = crate::open_db(&cfg)
+        .await?
+        .context("--from-koine takes a database DSN")?;
+    let meta = db.meta().await;
+    match meta {
+        Ok(m) if m.revision == 0 => {
+            db.close().await;
+            bail!("it holds an unfinished import")
+        }
+        Ok(_) => Ok(db),
+        Err(e) => {
+            db.close().await;
+            Err(e.into())
+        }
+    }
+}
+
 /// Reads another Koine database's history in one read transaction.
-async fn from_koine(imp: &mut Importer, src: &Db) -> anyhow::Result<()> {
+async fn from_koine(imp: &mut Importer, src: &Db, name: &str) -> anyhow::Result<()> {
+    copy_koine(imp, src)
+        .await
+        .map_err(|e| anyhow::anyhow!("importing from {name}: {e:#}"))
+}
+
+async fn copy_koine(imp: &mut Importer, src: &Db) -> anyhow::Result<()> {
     let mut tx = src.begin_read().await?;
     let meta = tx.read_meta().await?;
     if meta.revision == 0 {
@@ -336,12 +493,21 @@ impl KinePool {
         })
     }
 
+    /// The 64-bit integer type of a CAST, in each database's spelling.
+    fn int(&self) -> &'static str {
+        match self {
+            KinePool::Sqlite(_) => "INTEGER",
+            KinePool::Postgres(_) => "BIGINT",
+            KinePool::MySql(_) => "SIGNED",
+        }
+    }
+
     /// kine's columns as 64-bit integers, in each database's spelling.
     fn select(&self) -> String {
-        let (int, p1, p2) = match self {
-            KinePool::Sqlite(_) => ("INTEGER", "?", "?"),
-            KinePool::Postgres(_) => ("BIGINT", "$1", "$2"),
-            KinePool::MySql(_) => ("SIGNED", "?", "?"),
+        let int = self.int();
+        let (p1, p2) = match self {
+            KinePool::Postgres(_) => ("$1", "$2"),
+            KinePool::Sqlite(_) | KinePool::MySql(_) => ("?", "?"),
         };
         format!(
             "SELECT CAST(id AS {int}), COALESCE(name, ''), CAST(COALESCE(created, 0) AS {int}), \
@@ -376,22 +542,50 @@ impl KinePool {
     }
 }
 
-async fn from_kine(imp: &mut Importer, dsn: &str) -> anyhow::Result<()> {
-    const PAGE: i64 = 2000;
+/// Connects to kine's database and reads its newest and compact
+/// revisions.
+async fn open_kine(dsn: &str) -> anyhow::Result<(KinePool, Revision, Revision)> {
     let pool = KinePool::connect(dsn).await?;
-    let int = match pool {
-        KinePool::MySql(_) => "SIGNED",
-        KinePool::Postgres(_) => "BIGINT",
-        KinePool::Sqlite(_) => "INTEGER",
+    let int = pool.int();
+    let ends = async {
+        let revision = pool
+            .scalar(&format!("SELECT CAST(MAX(id) AS {int}) FROM kine"))
+            .await?;
+        let compact = pool
+            .scalar(&format!(
+                "SELECT CAST(MAX(prev_revision) AS {int}) FROM kine WHERE name = '{KINE_COMPACT}'"
+            ))
+            .await?;
+        anyhow::Ok((revision, compact))
     };
-    let revision = pool
-        .scalar(&format!("SELECT CAST(MAX(id) AS {int}) FROM kine"))
-        .await?;
-    let compact = pool
-        .scalar(&format!(
-            "SELECT CAST(MAX(prev_revision) AS {int}) FROM kine WHERE name = '{KINE_COMPACT}'"
-        ))
-        .await?;
+    match ends.await {
+        Ok((revision, compact)) => Ok((pool, revision, compact)),
+        Err(e) => {
+            pool.close().await;
+            Err(e)
+        }
+    }
+}
+
+async fn from_kine(
+    imp: &mut Importer,
+    pool: &KinePool,
+    name: &str,
+    revision: Revision,
+    compact: Revision,
+) -> anyhow::Result<()> {
+    copy_kine(imp, pool, revision, compact)
+        .await
+        .map_err(|e| anyhow::anyhow!("importing from {name}: {e:#}"))
+}
+
+async fn copy_kine(
+    imp: &mut Importer,
+    pool: &KinePool,
+    revision: Revision,
+    compact: Revision,
+) -> anyhow::Result<()> {
+    const PAGE: i64 = 2000;
     tracing::info!(revision, compact, "importing a kine database");
     imp.begin(compact, revision);
     let mut after = 0;
@@ -434,7 +628,6 @@ async fn from_kine(imp: &mut Importer, dsn: &str) -> anyhow::Result<()> {
             break;
         }
     }
-    pool.close().await;
     imp.ending = Some(Ending {
         revision: revision.max(compact).max(1),
         compact,
@@ -446,16 +639,19 @@ async fn from_kine(imp: &mut Importer, dsn: &str) -> anyhow::Result<()> {
 
 // ------------------------------------------------------------------ etcd
 
-async fn from_etcd(
-    imp: &mut Importer,
-    urls: &str,
-    config: &Config,
-    follow: bool,
-) -> anyhow::Result<()> {
+/// A live etcd, opened: its state at revision `at`.
+struct EtcdState {
+    name: String,
+    channel: tonic::transport::Channel,
+    state: Vec<crate::proto::mvccpb::KeyValue>,
+    at: Revision,
+}
+
+/// Connects to the source etcd and reads its state at its current
+/// revision R, page by page, pinned to R.
+async fn open_etcd(urls: &str, config: &Config) -> anyhow::Result<EtcdState> {
     use crate::proto::etcdserverpb as pb;
     use pb::kv_client::KvClient;
-    use pb::lease_client::LeaseClient;
-    use pb::watch_client::WatchClient;
     const PAGE: i64 = 1000;
     let Endpoint::Etcd(urls) = crate::config::parse_endpoint(urls)? else {
         bail!("--from-etcd takes http(s):// URLs");
@@ -463,7 +659,6 @@ async fn from_etcd(
     let upstream = crate::passthrough::upstream::Upstream::new(&urls, config)?;
     let channel = upstream.channel(0);
     let mut kv = KvClient::new(channel.clone()).max_decoding_message_size(usize::MAX);
-    // The state at one revision R, page by page, pinned to R.
     let mut state = Vec::new();
     let mut at = 0;
     let mut start = vec![0u8];
@@ -477,7 +672,7 @@ async fn from_etcd(
                 ..Default::default()
             })
             .await
-            .context("reading the source etcd")?
+            .context("reading its state")?
             .into_inner();
         if at == 0 {
             at = resp.header.as_ref().map_or(0, |h| h.revision);
@@ -497,6 +692,29 @@ async fn from_etcd(
         }
     }
     state.sort_by(|a, b| (a.mod_revision, &a.key).cmp(&(b.mod_revision, &b.key)));
+    Ok(EtcdState {
+        name: String::new(),
+        channel,
+        state,
+        at,
+    })
+}
+
+async fn from_etcd(imp: &mut Importer, source: EtcdState, follow: bool) -> anyhow::Result<()> {
+    let name = source.name.clone();
+    copy_etcd(imp, source, follow)
+        .await
+        .map_err(|e| anyhow::anyhow!("importing from {name}: {e:#}"))
+}
+
+/// Copies the state read at R, then (with `follow`) every change after R.
+async fn copy_etcd(imp: &mut Importer, source: EtcdState, follow: bool) -> anyhow::Result<()> {
+    use crate::proto::etcdserverpb as pb;
+    use pb::lease_client::LeaseClient;
+    use pb::watch_client::WatchClient;
+    let EtcdState {
+        channel, state, at, ..
+    } = source;
     // No history below R: the import is compacted at R.
     imp.begin(at, at);
     let mut prev = (0, 0);
@@ -538,7 +756,7 @@ async fn from_etcd(
             .max_decoding_message_size(usize::MAX)
             .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .context("watching the source etcd")?
+            .context("watching it")?
             .into_inner();
         tracing::info!(
             from = at + 1,
@@ -550,13 +768,13 @@ async fn from_etcd(
         loop {
             let msg = tokio::select! {
                 _ = &mut stop => break,
-                m = watch.message() => m.context("watching the source etcd")?,
+                m = watch.message() => m.context("watching it")?,
             };
             let Some(resp) = msg else {
-                bail!("the source etcd ended the watch");
+                bail!("it ended the watch");
             };
             if resp.canceled {
-                bail!("the source etcd canceled the watch: {}", resp.cancel_reason);
+                bail!("it canceled the watch: {}", resp.cancel_reason);
             }
             for ev in resp.events {
                 let Some(k) = ev.kv else { continue };
@@ -649,9 +867,10 @@ pub struct Importer {
 }
 
 impl Importer {
-    /// Checks the target is empty (or an unfinished import, or
-    /// `overwrite`), empties it and marks it as being imported into.
-    pub async fn prepare(db: Db, overwrite: bool) -> anyhow::Result<Importer> {
+    /// Checks the target is empty, or an unfinished import, or that
+    /// `overwrite` lets it be replaced; answers whether it is an
+    /// unfinished import. Writes nothing.
+    pub async fn check_target(db: &Db, overwrite: bool) -> anyhow::Result<bool> {
         let meta = db.meta().await?;
         let rows = db.log_rows().await?;
         let leases = db.leases_count().await?;
@@ -663,7 +882,13 @@ impl Importer {
                 meta.revision
             );
         }
-        if unfinished {
+        Ok(unfinished)
+    }
+
+    /// Checks the target again ([`Importer::check_target`]), empties it
+    /// and marks it as being imported into: only once the source is open.
+    pub async fn prepare(db: Db, overwrite: bool) -> anyhow::Result<Importer> {
+        if Self::check_target(&db, overwrite).await? {
             tracing::warn!("the target holds an unfinished import: starting it over");
         }
         db.wipe_for_import().await?;
