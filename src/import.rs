@@ -90,15 +90,15 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
     if args.follow && args.from_etcd.is_none() {
         bail!("--follow goes with --from-etcd");
     }
+    // The target is not even opened (a SQLite file not created) before
+    // the source is open and checked as far as it can be before the copy
+    // (a snapshot: all of it): a mistyped path, a damaged file or an
+    // unreachable source leave the target as it was.
+    let source = Source::open(&args).await?;
     let db = crate::open_db(&args.target)
         .await?
         .context("the import target must be a database (sqlite, postgres or mysql), not etcd")?;
-    // Nothing is written to the target before the source is open and
-    // checked as far as it can be before the copy (a snapshot: all of it):
-    // a mistyped path, a damaged file or an unreachable source leave the
-    // target as it was.
     Importer::check_target(&db, args.overwrite).await?;
-    let source = Source::open(&args).await?;
     let started = Instant::now();
     let mut imp = Importer::prepare(db.clone(), args.overwrite).await?;
     source.import(&mut imp, args.follow).await?;

@@ -733,7 +733,8 @@ async fn imports_refuse_and_recover() {
     let (ok, log) = koine_import(&["--from-snapshot", &damaged_arg, "--endpoint", &dsn]).await;
     assert!(!ok && log.contains("SHA-256 does not match"), "{log}");
 
-    // Read anyway: it fails part way, after batches were committed.
+    // Read anyway: the damage is found while the source is checked, before
+    // the target is touched, and the error names the file.
     let (ok, log) = koine_import(&[
         "--from-snapshot",
         &damaged_arg,
@@ -742,7 +743,31 @@ async fn imports_refuse_and_recover() {
         &dsn,
     ])
     .await;
-    assert!(!ok, "{log}");
+    assert!(!ok && log.contains(&damaged_arg), "{log}");
+    assert!(!target.exists(), "a refused source created the target");
+    // A mistyped path: named, target untouched.
+    let missing = dir.path().join("no-such.db").display().to_string();
+    let (ok, log) = koine_import(&["--from-snapshot", &missing, "--endpoint", &dsn]).await;
+    assert!(!ok && log.contains(&missing), "{log}");
+    assert!(!target.exists(), "a missing source created the target");
+
+    // An import killed half way, after batches were committed: the server
+    // refuses the database.
+    let big = big_snapshot(dir.path()).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_koine"))
+        .args(["import", "--from-snapshot", &big.display().to_string()])
+        .args(["--endpoint", &dsn])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run koine import");
+    let started = Instant::now();
+    while imported_rows(&target).await == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "import ended early");
+        assert!(started.elapsed() < Duration::from_secs(60), "no rows");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    child.kill().await.unwrap();
     let config =
         <koine::config::Config as clap::Parser>::try_parse_from(["koine", "--endpoint", &dsn])
             .unwrap();
@@ -778,6 +803,40 @@ async fn imports_refuse_and_recover() {
     let koine = KoineProcess::start(&dsn, &[]).await;
     let mut k = koine.client().await;
     assert_eq!(history(&mut k).await, want);
+}
+
+/// A snapshot of 60,000 key changes: 30 import batches, so an import of
+/// it can be killed between two of them.
+async fn big_snapshot(dir: &Path) -> PathBuf {
+    let source = Koine::start(&[]).await;
+    let mut c = connect(&source.endpoint).await;
+    for t in 0..500 {
+        let ops: Vec<TxnOp> = (0..120)
+            .map(|i| TxnOp::put(format!("/bulk/{t:03}/{i:03}"), vec![b'v'; 100], None))
+            .collect();
+        c.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    let path = dir.join("big.db");
+    etcdctl(
+        &source.endpoint,
+        &["snapshot", "save", &path.display().to_string()],
+    )
+    .await;
+    path
+}
+
+/// Log rows an import has committed to the SQLite database at `path` so
+/// far (0 while the file or its schema does not exist yet).
+async fn imported_rows(path: &Path) -> i64 {
+    use sqlx::Connection;
+    let dsn = format!("sqlite://{}?mode=ro", path.display());
+    let Ok(mut c) = sqlx::SqliteConnection::connect(&dsn).await else {
+        return 0;
+    };
+    sqlx::query_scalar("SELECT COUNT(*) FROM koine_log")
+        .fetch_one(&mut c)
+        .await
+        .unwrap_or(0)
 }
 
 /// kine, the incumbent, as a process on `endpoint` (its own DSN forms).
