@@ -79,11 +79,16 @@ pub struct Config {
     #[arg(long, env = "KOINE_COMPACT_MIN_RETAIN", default_value_t = 1000)]
     pub compact_min_retain: i64,
 
-    /// Memory for the current state of recently used keys, which serves
-    /// single-key reads without a database round trip. Used only where
-    /// this process is the database's sole writer (SQLite); 0 turns it off.
-    #[arg(long, env = "KOINE_KEY_CACHE_BYTES", default_value_t = 64 << 20)]
-    pub key_cache_bytes: usize,
+    /// Memory for values (the key index itself is always in memory):
+    /// values of recent writes and reads are served from here, others are
+    /// read from the database by their log position. 0 keeps none.
+    #[arg(
+        long,
+        env = "KOINE_VALUE_CACHE_BYTES",
+        default_value_t = 1 << 30,
+        alias = "key-cache-bytes"
+    )]
+    pub value_cache_bytes: usize,
 
     /// Largest database size in bytes before the NOSPACE alarm stops writes
     /// that add data (etcd's flag: 0 is its default, 2 GiB; negative turns

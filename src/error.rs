@@ -138,9 +138,6 @@ pub enum Error {
     LeaseTtlTooLarge,
     #[error("request is too large")]
     RequestTooLarge,
-    /// A key longer than the database can store (PostgreSQL, MySQL).
-    #[error("key of {len} bytes is longer than the {limit} bytes this database stores")]
-    KeyTooLong { len: usize, limit: usize },
     #[error("request timed out")]
     Timeout,
     #[error("server is stopping")]
@@ -171,6 +168,28 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The same failure again, for answering several callers with one
+    /// (the read fence): database errors keep their class and text.
+    pub fn duplicate(&self) -> Error {
+        let again = |e: &sqlx::Error| sqlx::Error::Protocol(e.to_string());
+        match self {
+            Error::Unavailable(e) => Error::Unavailable(again(e)),
+            Error::NoSpace(e) => Error::NoSpace(again(e)),
+            Error::Corrupt(e) => Error::Corrupt(again(e)),
+            Error::Database(e) => Error::Database(again(e)),
+            Error::Timeout => Error::Timeout,
+            Error::Stopped => Error::Stopped,
+            Error::Compacted {
+                required,
+                compacted,
+            } => Error::Compacted {
+                required: *required,
+                compacted: *compacted,
+            },
+            other => Error::Internal(other.to_string()),
+        }
+    }
+
     /// Whether this error fails a whole write batch (the database failed)
     /// rather than one request (etcd's request errors, raised before the
     /// request writes anything).
@@ -205,11 +224,6 @@ impl From<Error> for Status {
             Error::LeaseExists(_) => (Code::FailedPrecondition, LEASE_EXIST),
             Error::LeaseTtlTooLarge => (Code::OutOfRange, LEASE_TTL_TOO_LARGE),
             Error::RequestTooLarge => (Code::InvalidArgument, REQUEST_TOO_LARGE),
-            Error::KeyTooLong { len, limit } => {
-                return Status::invalid_argument(format!(
-                    "koine: key of {len} bytes is longer than the {limit} bytes this database can index"
-                ));
-            }
             Error::Timeout => (Code::Unavailable, TIMEOUT),
             Error::OutcomeUnknown(why) => {
                 tracing::error!(%why, "write outcome unknown");

@@ -7,7 +7,7 @@
 //! revision, key, its create revision, version, lease and value, or a
 //! deletion) plus the store revision, the compact revision, the leases and
 //! the auth store. The [`Importer`] appends the rows to the log and keeps
-//! the current-state table in step, a batch per transaction; the meta row
+//! a batch per transaction; the meta row
 //! says revision 0 for as long as the import runs, which no finished store
 //! ever has: the server refuses to start on it, and a second `koine
 //! import` starts over. The last transaction writes the leases, the auth
@@ -378,7 +378,7 @@ async fn copy_koine(imp: &mut Importer, src: &Db) -> anyhow::Result<()> {
         "importing a Koine database"
     );
     imp.begin(meta.compact_revision, meta.revision);
-    let mut pages = crate::sql::HistoryPager::new(meta.revision, meta.compact_revision);
+    let mut pages = crate::sql::HistoryPager::new(meta.revision);
     loop {
         let page = pages.next(&mut tx).await?;
         if page.is_empty() {
@@ -1006,27 +1006,15 @@ impl Importer {
         Ok(())
     }
 
-    /// Writes the rows taken so far: the log, and the current state of the
-    /// keys they touch.
+    /// Writes the rows taken so far to the log.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         if self.batch.is_empty() {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
-        // The state each key is left in by this batch.
-        let mut last: HashMap<&Bytes, &LogRow> = HashMap::new();
-        for r in &rows {
-            last.insert(&r.kv.key, r);
-        }
-        let (dead, alive): (Vec<&LogRow>, Vec<&LogRow>) =
-            last.into_values().partition(|r| r.deleted);
-        let upserts: Vec<&KeyValue> = alive.iter().map(|r| &r.kv).collect();
-        let deletes: Vec<&Bytes> = dead.iter().map(|r| &r.kv.key).collect();
         let mut tx = self.db.begin_write().await?;
         tx.append_log(&rows).await?;
-        tx.upsert_many(&upserts).await?;
-        tx.delete_many(&deletes).await?;
         tx.commit().await?;
         if self.reported.elapsed() >= PROGRESS_EVERY {
             self.reported = Instant::now();

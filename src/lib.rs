@@ -101,7 +101,7 @@ pub async fn run(
         lease_check_interval: config.lease_check_interval,
         compact_interval: config.compact_interval,
         compact_min_retain: config.compact_min_retain,
-        key_cache_bytes: config.key_cache_bytes,
+        value_cache_bytes: config.value_cache_bytes,
         poll_interval: config
             .poll_interval
             .unwrap_or(db.dialect().sql().poll_interval),

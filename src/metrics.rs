@@ -37,8 +37,13 @@ pub struct Metrics {
     /// `koine_watch_lag_revisions`: committed revisions the watch hub has
     /// not published yet (other instances' writes not yet followed).
     pub watch_lag: IntGauge,
-    /// `koine_key_cache_hits_total`: single-key reads answered from memory.
-    pub key_cache_hits: prometheus::IntCounter,
+    /// `koine_index_keys`: keys in the key index.
+    pub index_keys: IntGauge,
+    /// `koine_index_revisions`: changes the key index holds (every
+    /// retained revision of every key).
+    pub index_revisions: IntGauge,
+    /// `koine_value_cache_bytes`: memory the value cache holds.
+    pub value_cache_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -123,10 +128,12 @@ impl Metrics {
                 "koine_watch_catchup_total",
                 "Watcher catch-ups served from the log rather than memory.",
             ),
-            key_cache_hits: counter(
-                "koine_key_cache_hits_total",
-                "Single-key reads answered from the in-memory key cache.",
+            index_keys: gauge("koine_index_keys", "Keys in the in-memory key index."),
+            index_revisions: gauge(
+                "koine_index_revisions",
+                "Changes (retained revisions of keys) in the in-memory key index.",
             ),
+            value_cache_bytes: gauge("koine_value_cache_bytes", "Bytes of values held in memory."),
             registry,
         };
         #[cfg(target_os = "linux")]

@@ -99,11 +99,14 @@ pub async fn write(db: &Db, file: File) -> Result<(File, Written)> {
     let io = |e: bbolt::BoltError| Error::Internal(format!("writing the snapshot: {e}"));
     let mut tx = db.begin_read().await?;
     let meta = tx.read_meta().await?;
+    if tx.compacted_to().await? < meta.compact_revision {
+        return Err(Error::Internal(crate::mvcc::NOT_COMPACTED.into()));
+    }
     let mut w = bbolt::Writer::new(file).map_err(io)?;
     let mut rows = 0u64;
     {
         let mut keys = w.bucket(BUCKET_KEY);
-        let mut pages = crate::sql::HistoryPager::new(meta.revision, meta.compact_revision);
+        let mut pages = crate::sql::HistoryPager::new(meta.revision);
         loop {
             let page = pages.next(&mut tx).await?;
             if page.is_empty() {

@@ -9,6 +9,14 @@ pub type Revision = i64;
 /// A lease id; 0 means "no lease".
 pub type LeaseId = i64;
 
+/// A change's position in the log: its revision (etcd's `main`) and its
+/// place within the revision (etcd's `sub`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Rev {
+    pub main: Revision,
+    pub sub: i64,
+}
+
 /// One version of one key, as etcd's `mvccpb.KeyValue`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyValue {
@@ -73,15 +81,6 @@ impl KeyRange {
     /// True when the interval is provably empty (`end <= start`).
     pub fn is_empty(&self) -> bool {
         matches!(&self.end, Some(end) if end <= &self.start)
-    }
-
-    /// The key, when the interval holds exactly one (`end` is `start` + 0).
-    pub fn single(&self) -> Option<&Bytes> {
-        let end = self.end.as_ref()?;
-        (end.len() == self.start.len() + 1
-            && end.last() == Some(&0)
-            && end.starts_with(&self.start))
-        .then_some(&self.start)
     }
 
     pub fn contains(&self, key: &[u8]) -> bool {

@@ -4,12 +4,21 @@
 //! (leases, `ignore_*` keys, range revisions), then applied in order so that
 //! later ops see earlier ones. A request that fails its checks changes
 //! nothing; one that changes any key advances the revision by exactly one.
+//!
+//! Reads come from the key index at the batch's newest revision, which
+//! includes the changes this batch made so far (readers outside the
+//! writer never look above the committed revision); each change is
+//! recorded in the index as it is applied, and taken out again if the
+//! batch does not commit.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::mvcc::index::Found;
+use crate::mvcc::memory::{Memory, ValueSource, key_value};
 use crate::mvcc::range::{self, ReadPoint};
 use crate::mvcc::request::{
     Compare, CompareResult, CompareTarget, DeleteRequest, DeleteResult, Op, OpResult, PutRequest,
@@ -17,10 +26,9 @@ use crate::mvcc::request::{
 };
 use crate::mvcc::writer::{BoxFut, Write, WriteSettings};
 use crate::sql::{DbTx, LogRow, Meta};
-use crate::types::{Event, EventKind, KeyRange, KeyValue, Revision};
+use crate::types::{Event, EventKind, KeyRange, KeyValue, Rev, Revision};
 
 /// The writer's view of the batch being built.
-#[derive(Debug)]
 pub struct BatchState {
     /// The newest revision assigned so far (committed or in this batch).
     pub revision: Revision,
@@ -29,98 +37,50 @@ pub struct BatchState {
     pub pending_log: Vec<LogRow>,
     /// Events per revision assigned in this batch, in order.
     pub events: Vec<(Revision, Vec<Event>)>,
-    /// Point reads of the current state, kept coherent with this batch's
-    /// writes (the writer holds the revision lock, so nobody else writes).
-    pub cache: KvCache,
     pub settings: WriteSettings,
     /// The batch changes what other instances must learn at once even if
     /// it adds no revision (the auth store): it notifies them anyway.
     pub notify: bool,
+    /// The key index and value cache.
+    pub mem: Arc<Memory>,
+    /// Keys this batch changed in the index: taken out again if it does
+    /// not commit.
+    pub touched: Vec<Bytes>,
+    /// Values of this batch's changes, by position (cached once
+    /// committed).
+    pub values: HashMap<Rev, Bytes>,
 }
 
-/// The current version of single keys, as read or written in this batch.
-/// Writes to the current-state table are buffered here and flushed in
-/// multi-row statements, before any range read and at the end of the batch.
-#[derive(Debug, Default)]
-pub struct KvCache {
-    known: HashMap<Bytes, Option<KeyValue>>,
-    /// Keys whose buffered state differs from the table.
-    dirty: HashSet<Bytes>,
+/// Values as the writer reads them: its own batch's first, then the cache
+/// and its transaction.
+struct BatchValues<'a> {
+    tx: &'a mut DbTx,
+    own: &'a HashMap<Rev, Bytes>,
 }
 
-impl KvCache {
-    pub async fn get(&mut self, tx: &mut DbTx, key: &Bytes) -> Result<Option<KeyValue>> {
-        if let Some(v) = self.known.get(key) {
-            return Ok(v.clone());
-        }
-        let v = tx.get(key).await?;
-        self.known.insert(key.clone(), v.clone());
-        Ok(v)
+impl ValueSource for BatchValues<'_> {
+    fn own(&self, rev: Rev) -> Option<Bytes> {
+        self.own.get(&rev).cloned()
     }
 
-    /// Reads the current versions of `keys` not known yet, in as few
-    /// statements as possible (absent keys are known absent).
-    pub async fn prefetch(&mut self, tx: &mut DbTx, mut keys: Vec<Bytes>) -> Result<()> {
-        keys.retain(|k| !self.known.contains_key(k));
-        keys.sort();
-        keys.dedup();
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let found = tx.get_many(&keys).await?;
-        for k in keys {
-            self.known.insert(k, None);
-        }
-        for kv in found {
-            self.known.insert(kv.key.clone(), Some(kv));
-        }
-        Ok(())
-    }
-
-    /// Records a key's state as it is in the table (`None`: absent).
-    pub fn know(&mut self, key: Bytes, kv: Option<KeyValue>) {
-        self.known.insert(key, kv);
-    }
-
-    /// Records a key's new state (`None`: deleted), to be flushed.
-    fn set(&mut self, key: &Bytes, kv: Option<KeyValue>) {
-        self.known.insert(key.clone(), kv);
-        self.dirty.insert(key.clone());
-    }
-
-    /// Writes buffered changes so that range reads see them.
-    pub async fn flush(&mut self, tx: &mut DbTx) -> Result<()> {
-        if self.dirty.is_empty() {
-            return Ok(());
-        }
-        let mut dirty: Vec<Bytes> = std::mem::take(&mut self.dirty).into_iter().collect();
-        // A stable order keeps lock acquisition order stable across writers.
-        dirty.sort();
-        let mut puts = Vec::new();
-        let mut dels = Vec::new();
-        for k in &dirty {
-            match self.known.get(k) {
-                Some(Some(kv)) => puts.push(kv),
-                _ => dels.push(k),
-            }
-        }
-        tx.upsert_many(&puts).await?;
-        tx.delete_many(&dels).await?;
-        Ok(())
+    fn fetch<'a>(&'a mut self, revs: &'a [Rev]) -> BoxFut<'a, Vec<(Rev, Bytes)>> {
+        Box::pin(self.tx.values(revs))
     }
 }
 
 impl BatchState {
     /// A batch starting from the locked meta row.
-    pub fn new(meta: Meta, settings: WriteSettings) -> BatchState {
+    pub fn new(meta: Meta, settings: WriteSettings, mem: Arc<Memory>) -> BatchState {
         BatchState {
             revision: meta.revision,
             compact: meta.compact_revision,
             pending_log: Vec::new(),
             events: Vec::new(),
-            cache: KvCache::default(),
             settings,
             notify: false,
+            mem,
+            touched: Vec::new(),
+            values: HashMap::new(),
         }
     }
 
@@ -131,6 +91,25 @@ impl BatchState {
             self.pending_log.clear();
         }
         Ok(())
+    }
+
+    /// Key-values for what the index found, values read as the writer
+    /// reads them.
+    async fn with_values(&self, tx: &mut DbTx, found: Vec<Found>) -> Result<Vec<KeyValue>> {
+        let mut src = BatchValues {
+            tx,
+            own: &self.values,
+        };
+        self.mem.with_values(&mut src, found).await
+    }
+
+    /// The live version of `key` at `rev`, with its value.
+    async fn get(&self, tx: &mut DbTx, key: &[u8], rev: Revision) -> Result<Option<KeyValue>> {
+        let found = self.mem.read().get(key, rev);
+        match found {
+            Some(f) => Ok(self.with_values(tx, vec![f]).await?.pop()),
+            None => Ok(None),
+        }
     }
 }
 
@@ -149,6 +128,14 @@ impl Changes {
                 self.revision
             },
             compact: state.compact,
+        }
+    }
+
+    /// The position of the request's next change.
+    fn next(&self) -> Rev {
+        Rev {
+            main: self.revision,
+            sub: self.events.len() as i64,
         }
     }
 }
@@ -201,10 +188,6 @@ impl Write for PutRequest {
     fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, PutResult> {
         Box::pin(put(tx, state, self))
     }
-
-    fn point_reads(&self, keys: &mut Vec<Bytes>) {
-        keys.push(self.key.clone());
-    }
 }
 
 impl Write for DeleteRequest {
@@ -223,21 +206,6 @@ impl Write for TxnRequest {
     fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, TxnResult> {
         Box::pin(txn(tx, state, self))
     }
-
-    fn point_reads(&self, keys: &mut Vec<Bytes>) {
-        for c in &self.compare {
-            if c.range_end.is_empty() {
-                keys.push(c.key.clone());
-            }
-        }
-        for op in self.success.iter().chain(&self.failure) {
-            match op {
-                Op::Put(p) => p.point_reads(keys),
-                Op::Txn(t) => t.point_reads(keys),
-                Op::Range(_) | Op::Delete(_) => {}
-            }
-        }
-    }
 }
 
 async fn put(tx: &mut DbTx, state: &mut BatchState, req: &PutRequest) -> Result<PutResult> {
@@ -245,8 +213,8 @@ async fn put(tx: &mut DbTx, state: &mut BatchState, req: &PutRequest) -> Result<
         revision: state.revision + 1,
         events: Vec::new(),
     };
-    check_put(tx, &mut state.cache, &state.settings, req).await?;
-    let result = apply_put(tx, &mut state.cache, &mut changes, req).await?;
+    check_put(tx, state, req).await?;
+    let result = apply_put(tx, state, &mut changes, req).await?;
     finish(state, changes);
     Ok(result)
 }
@@ -260,14 +228,14 @@ async fn delete(
         revision: state.revision + 1,
         events: Vec::new(),
     };
-    let result = apply_delete(tx, &mut state.cache, &mut changes, req).await?;
+    let result = apply_delete(tx, state, &mut changes, req).await?;
     finish(state, changes);
     Ok(result)
 }
 
 async fn txn(tx: &mut DbTx, state: &mut BatchState, req: &TxnRequest) -> Result<TxnResult> {
     let mut path = Vec::new();
-    compare_path(tx, &mut state.cache, req, &mut path).await?;
+    compare_path(tx, state, req, &mut path).await?;
     let mut cursor = 0;
     check_txn(tx, state, req, &path, &mut cursor).await?;
     let mut changes = Changes {
@@ -280,28 +248,33 @@ async fn txn(tx: &mut DbTx, state: &mut BatchState, req: &TxnRequest) -> Result<
     Ok(result)
 }
 
-/// Deletes the given keys (lease revocation) in one revision.
-pub fn delete_keys(state: &mut BatchState, keys: &[KeyValue]) {
+/// Deletes the keys (with their values) in one revision: lease
+/// revocation. They are live at the batch's newest revision.
+pub async fn delete_keys(tx: &mut DbTx, state: &mut BatchState, keys: Vec<Found>) -> Result<()> {
+    let prevs = state.with_values(tx, keys).await?;
     let mut changes = Changes {
         revision: state.revision + 1,
         events: Vec::new(),
     };
-    for kv in keys {
-        state.cache.set(&kv.key, None);
-        changes.events.push(delete_event(kv, changes.revision));
-    }
+    record_deletes(state, &mut changes, prevs);
     finish(state, changes);
+    Ok(())
 }
 
-fn delete_event(kv: &KeyValue, revision: Revision) -> Event {
-    Event {
-        kind: EventKind::Delete,
-        kv: KeyValue {
-            key: kv.key.clone(),
-            mod_revision: revision,
-            ..KeyValue::default()
-        },
-        prev_kv: Some(kv.clone()),
+/// Records the deletion of live keys `prevs` in the index and as events.
+fn record_deletes(state: &mut BatchState, changes: &mut Changes, prevs: Vec<KeyValue>) {
+    for prev in prevs {
+        state.touched.push(prev.key.clone());
+        state.mem.write().delete(&prev.key, changes.next());
+        changes.events.push(Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: prev.key.clone(),
+                mod_revision: changes.revision,
+                ..KeyValue::default()
+            },
+            prev_kv: Some(prev),
+        });
     }
 }
 
@@ -323,21 +296,10 @@ fn finish(state: &mut BatchState, changes: Changes) {
     state.events.push((changes.revision, changes.events));
 }
 
-async fn check_put(
-    tx: &mut DbTx,
-    cache: &mut KvCache,
-    settings: &WriteSettings,
-    req: &PutRequest,
-) -> Result<()> {
-    if let Some(limit) = settings.max_key_bytes
-        && req.key.len() > limit
+async fn check_put(tx: &mut DbTx, state: &BatchState, req: &PutRequest) -> Result<()> {
+    if (req.ignore_value || req.ignore_lease)
+        && state.mem.read().get(&req.key, state.revision).is_none()
     {
-        return Err(Error::KeyTooLong {
-            len: req.key.len(),
-            limit,
-        });
-    }
-    if (req.ignore_value || req.ignore_lease) && cache.get(tx, &req.key).await?.is_none() {
         return Err(Error::KeyNotFound);
     }
     if !req.ignore_lease && req.lease != 0 && tx.lease_get(req.lease).await?.is_none() {
@@ -348,39 +310,34 @@ async fn check_put(
 
 async fn apply_put(
     tx: &mut DbTx,
-    cache: &mut KvCache,
+    state: &mut BatchState,
     changes: &mut Changes,
     req: &PutRequest,
 ) -> Result<PutResult> {
-    let prev = cache.get(tx, &req.key).await?;
     // `check_put` ran before anything was applied, and `check_intervals`
     // forbids deleting the key earlier on the same path, so `prev` exists
     // whenever an `ignore_*` flag is set.
+    let prev = state.get(tx, &req.key, changes.revision).await?;
     let (value, lease) = match &prev {
         Some(p) => (
             if req.ignore_value {
                 p.value.clone()
             } else {
-                req.value.clone()
+                // Copied: the request's value is a slice of the whole
+                // request buffer, which the cache would keep alive.
+                Bytes::copy_from_slice(&req.value)
             },
             if req.ignore_lease { p.lease } else { req.lease },
         ),
-        None => (req.value.clone(), req.lease),
+        None => (Bytes::copy_from_slice(&req.value), req.lease),
     };
-    let kv = KeyValue {
-        key: req.key.clone(),
-        create_revision: prev
-            .as_ref()
-            .map_or(changes.revision, |p| p.create_revision),
-        mod_revision: changes.revision,
-        version: prev.as_ref().map_or(1, |p| p.version + 1),
-        value,
-        lease,
-    };
-    cache.set(&kv.key, Some(kv.clone()));
+    let rev = changes.next();
+    state.touched.push(req.key.clone());
+    let (_, new) = state.mem.write().put(&req.key, rev, lease);
+    state.values.insert(rev, value.clone());
     changes.events.push(Event {
         kind: EventKind::Put,
-        kv,
+        kv: key_value(new, value),
         prev_kv: prev.clone(),
     });
     Ok(PutResult {
@@ -390,34 +347,34 @@ async fn apply_put(
 
 async fn apply_delete(
     tx: &mut DbTx,
-    cache: &mut KvCache,
+    state: &mut BatchState,
     changes: &mut Changes,
     req: &DeleteRequest,
 ) -> Result<DeleteResult> {
-    cache.flush(tx).await?;
-    let kvs = tx.range_current(&req.range, None).await?;
-    for kv in &kvs {
-        cache.set(&kv.key, None);
-        changes.events.push(delete_event(kv, changes.revision));
-    }
-    Ok(DeleteResult {
-        deleted: kvs.len() as i64,
-        prev_kvs: if req.prev_kv { kvs } else { Vec::new() },
-    })
+    let found = state.mem.read().range(&req.range, changes.revision, None);
+    let prevs = state.with_values(tx, found).await?;
+    let deleted = prevs.len() as i64;
+    let prev_kvs = if req.prev_kv {
+        prevs.clone()
+    } else {
+        Vec::new()
+    };
+    record_deletes(state, changes, prevs);
+    Ok(DeleteResult { deleted, prev_kvs })
 }
 
 /// Evaluates every compare on the path the Txn will take, nested Txns
 /// included, against the state before the request (etcd `compareToPath`).
 fn compare_path<'a>(
     tx: &'a mut DbTx,
-    cache: &'a mut KvCache,
+    state: &'a BatchState,
     req: &'a TxnRequest,
     path: &'a mut Vec<bool>,
 ) -> BoxFut<'a, ()> {
     Box::pin(async move {
         let mut ok = true;
         for c in &req.compare {
-            if !compare(tx, cache, c).await? {
+            if !compare(tx, state, c).await? {
                 ok = false;
                 break;
             }
@@ -426,28 +383,41 @@ fn compare_path<'a>(
         let ops = if ok { &req.success } else { &req.failure };
         for op in ops {
             if let Op::Txn(inner) = op {
-                compare_path(tx, cache, inner, path).await?;
+                compare_path(tx, state, inner, path).await?;
             }
         }
         Ok(())
     })
 }
 
-async fn compare(tx: &mut DbTx, cache: &mut KvCache, c: &Compare) -> Result<bool> {
-    let kvs = if c.range_end.is_empty() {
-        cache.get(tx, &c.key).await?.into_iter().collect()
-    } else {
-        cache.flush(tx).await?;
-        tx.range_current(&KeyRange::from_etcd(&c.key, &c.range_end), None)
-            .await?
+async fn compare(tx: &mut DbTx, state: &BatchState, c: &Compare) -> Result<bool> {
+    let found = {
+        let ix = state.mem.read();
+        if c.range_end.is_empty() {
+            ix.get(&c.key, state.revision).into_iter().collect()
+        } else {
+            ix.range(
+                &KeyRange::from_etcd(&c.key, &c.range_end),
+                state.revision,
+                None,
+            )
+        }
     };
-    if kvs.is_empty() {
+    if found.is_empty() {
         if matches!(c.target, CompareTarget::Value(_)) {
             // A missing key has no value to compare (etcd `applyCompare`).
             return Ok(false);
         }
         return Ok(compare_kv(c, &KeyValue::default()));
     }
+    let kvs = if matches!(c.target, CompareTarget::Value(_)) {
+        state.with_values(tx, found).await?
+    } else {
+        found
+            .into_iter()
+            .map(|f| key_value(f, Bytes::new()))
+            .collect()
+    };
     Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
 }
 
@@ -471,7 +441,7 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
 /// Checks the ops on the chosen path before anything is applied.
 fn check_txn<'a>(
     tx: &'a mut DbTx,
-    state: &'a mut BatchState,
+    state: &'a BatchState,
     req: &'a TxnRequest,
     path: &'a [bool],
     cursor: &'a mut usize,
@@ -497,7 +467,7 @@ fn check_txn<'a>(
                         });
                     }
                 }
-                Op::Put(p) => check_put(tx, &mut state.cache, &state.settings, p).await?,
+                Op::Put(p) => check_put(tx, state, p).await?,
                 Op::Delete(_) => {}
                 Op::Txn(inner) => check_txn(tx, state, inner, path, cursor).await?,
             }
@@ -527,18 +497,16 @@ fn apply_txn<'a>(
         for op in ops {
             responses.push(match op {
                 Op::Range(r) => {
-                    state.cache.flush(tx).await?;
                     let at = changes.read_point(state);
-                    let rev = r.options.revision;
-                    if rev > 0 && rev != at.current {
-                        state.flush_log(tx).await?;
-                    }
-                    OpResult::Range(range::range(tx, r, at).await?)
+                    let mem = state.mem.clone();
+                    let mut src = BatchValues {
+                        tx,
+                        own: &state.values,
+                    };
+                    OpResult::Range(range::range(&mem, &mut src, r, at).await?)
                 }
-                Op::Put(p) => OpResult::Put(apply_put(tx, &mut state.cache, changes, p).await?),
-                Op::Delete(d) => {
-                    OpResult::Delete(apply_delete(tx, &mut state.cache, changes, d).await?)
-                }
+                Op::Put(p) => OpResult::Put(apply_put(tx, state, changes, p).await?),
+                Op::Delete(d) => OpResult::Delete(apply_delete(tx, state, changes, d).await?),
                 Op::Txn(inner) => {
                     OpResult::Txn(apply_txn(tx, state, changes, inner, path, cursor).await?)
                 }

@@ -1,9 +1,12 @@
 //! Compaction, as etcd defines it: `Compact(rev)` makes every revision
 //! below `rev` unreadable (reads there fail with "required revision has
 //! been compacted") and is exact — no retention is added. The compact
-//! revision is recorded in the meta row at once; the log rows no read can
-//! reach any more are removed afterwards, in small transactions of
-//! `COMPACT_STEP` revisions so writers are never held up for long.
+//! revision is recorded in the meta row at once; every instance's key
+//! index drops what it no longer needs in the background (`feed.rs`), and
+//! the log rows no read can reach any more are removed afterwards: the key
+//! index says which (etcd's `keyIndex.keep`), and they are deleted by
+//! their primary key, in small transactions of `COMPACT_STEP` revisions so
+//! writers are never held up for long.
 //!
 //! Background compaction (`--compact-interval`, kine's scheme) compacts to
 //! `current - --compact-min-retain` on the leader instance only;
@@ -18,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::mvcc::Store;
 use crate::mvcc::apply::BatchState;
+use crate::mvcc::feed::Feed;
 use crate::mvcc::writer::{BoxFut, Write};
-use crate::sql::{Db, DbTx};
-use crate::types::Revision;
+use crate::sql::{Db, DbTx, LogRow};
+use crate::types::{Rev, Revision};
 
 /// Revisions per physical-compaction transaction.
 const COMPACT_STEP: i64 = 1000;
@@ -62,7 +66,7 @@ impl Write for Compact {
 
 /// Removes log rows no read can reach any more (below the compact
 /// revision), step by step. `lock` serialises the runs of one instance.
-pub async fn remove_unreachable(db: &Db, lock: &tokio::sync::Mutex<()>) -> Result<()> {
+pub async fn remove_unreachable(db: &Db, feed: &Feed, lock: &tokio::sync::Mutex<()>) -> Result<()> {
     let _guard = lock.lock().await;
     let (target, mut done) = {
         let mut tx = db.begin_read().await?;
@@ -71,15 +75,67 @@ pub async fn remove_unreachable(db: &Db, lock: &tokio::sync::Mutex<()>) -> Resul
         tx.commit().await?;
         (meta.compact_revision, done)
     };
+    // The index decides what goes: it must hold every change up to the
+    // compact revision.
+    feed.catch_up(target).await?;
     while done < target {
         let to = (done + COMPACT_STEP).min(target);
+        let rows = db.scan(done, to).await?;
+        let (spans, rows_dead) = {
+            let ix = feed.mem.read();
+            dead_rows(&rows, |r| ix.keeps(&r.kv.key, r.rev(), target))
+        };
+        // A change that replaced a version an earlier compaction kept
+        // (at or below `done`) supersedes that version now.
+        let superseded: Vec<(Revision, &[u8])> = rows
+            .iter()
+            .filter(|r| r.prev_revision > 0 && r.prev_revision <= done)
+            .map(|r| (r.prev_revision, r.kv.key.as_ref()))
+            .collect();
         let mut tx = db.begin_write().await?;
-        let removed = tx.compact_step(target, done + 1, to + 1).await?;
+        let mut removed = 0;
+        for (from, to) in spans {
+            removed += tx.delete_span(from, to).await?;
+        }
+        removed += tx.delete_rows(&rows_dead).await?;
+        removed += tx.delete_versions(&superseded).await?;
+        tx.set_compacted_to(to, target).await?;
         tx.commit().await?;
         tracing::debug!(from = done + 1, to, removed, "compacted log rows");
         done = to;
     }
     Ok(())
+}
+
+/// What of `rows` (one step of the log, in order) compaction removes:
+/// spans of revisions none of whose rows is kept, deleted by revision,
+/// and the single rows of revisions that keep some.
+fn dead_rows(
+    rows: &[LogRow],
+    keeps: impl Fn(&LogRow) -> bool,
+) -> (Vec<(Revision, Revision)>, Vec<Rev>) {
+    let mut spans: Vec<(Revision, Revision)> = Vec::new();
+    let mut single = Vec::new();
+    let mut extend_span = true;
+    for revision in rows.chunk_by(|a, b| a.revision == b.revision) {
+        let main = revision[0].revision;
+        let dead: Vec<Rev> = revision
+            .iter()
+            .filter(|r| !keeps(r))
+            .map(|r| r.rev())
+            .collect();
+        if dead.len() == revision.len() {
+            match spans.last_mut() {
+                Some(span) if extend_span => span.1 = main,
+                _ => spans.push((main, main)),
+            }
+            extend_span = true;
+        } else {
+            single.extend(dead);
+            extend_span = false;
+        }
+    }
+    (spans, single)
 }
 
 /// While this instance is the leader, compacts to `current - retain`

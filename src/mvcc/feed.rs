@@ -1,128 +1,211 @@
-//! Feeding the watch hub, and following other instances.
+//! Keeping the key index and the watch hub current, and following other
+//! instances.
 //!
-//! The hub must see every revision in order. Locally committed batches are
-//! published directly; revisions committed by other instances are read
-//! from the log. Both go through [`Feed`], which fills any gap from the log
-//! before publishing, so the hub's memory stays contiguous. Other
-//! instances' revisions are noticed by PostgreSQL NOTIFY (at once) and by
-//! polling the meta row (MySQL, SQLite, and as a safety net).
+//! Every revision reaches the index and the hub in order, through
+//! [`Feed`]: this instance's commits from the writer ([`Held::publish`]),
+//! other instances' from the log ([`Held::catch_up`]), which reads what is
+//! missing before anything newer is published, so neither ever holds a
+//! gap. One holder at a time ([`Feed::hold`]): the writer holds the feed
+//! from the revision it locked until its batch is published or taken out
+//! again. Other instances' revisions are noticed by PostgreSQL NOTIFY (at
+//! once), by the read fence, and by polling the meta row (MySQL, SQLite,
+//! and as a safety net).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{MutexGuard, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
+use crate::mvcc::Store;
+use crate::mvcc::apply::BatchState;
 use crate::mvcc::hub::Hub;
-use crate::sql::{Db, LoggedChange};
-use crate::types::{Event, EventKind, KeyValue, Revision};
+use crate::mvcc::memory::{self, FromDb, Memory};
+use crate::sql::Db;
+use crate::types::Revision;
 
-/// Revisions read from the log per step when filling a gap.
+/// Revisions read from the log per step when catching up.
 const FILL_STEP: i64 = 512;
 
 pub struct Feed {
     pub hub: Arc<Hub>,
+    pub mem: Arc<Memory>,
     db: Db,
-    /// Serialises publishing so that gaps are filled in order.
+    /// One holder at a time.
     lock: tokio::sync::Mutex<()>,
     /// The auth store's stamp (`Db::auth_stamp`) as last read with the
     /// meta row: the auth store reloads when it moves.
-    auth_stamp: tokio::sync::watch::Sender<i64>,
+    auth_stamp: watch::Sender<i64>,
+    /// The newest compact revision known: the index compacts to it in the
+    /// background.
+    compact: watch::Sender<Revision>,
+}
+
+/// The feed, held: the index and hub change only through it.
+pub struct Held<'a> {
+    feed: &'a Feed,
+    _guard: MutexGuard<'a, ()>,
 }
 
 impl Feed {
-    pub fn new(hub: Arc<Hub>, db: Db) -> Feed {
+    pub fn new(hub: Arc<Hub>, mem: Arc<Memory>, db: Db) -> Feed {
+        let compact = mem.read().compact_revision();
         Feed {
             hub,
+            mem,
             db,
             lock: tokio::sync::Mutex::new(()),
-            auth_stamp: tokio::sync::watch::Sender::new(-1),
+            auth_stamp: watch::Sender::new(-1),
+            compact: watch::Sender::new(compact),
         }
     }
 
-    /// Follows the auth stamp the tail loop reads.
-    pub fn auth_stamps(&self) -> tokio::sync::watch::Receiver<i64> {
+    /// Follows the auth stamp the tail loop and the read fence read.
+    pub fn auth_stamps(&self) -> watch::Receiver<i64> {
         self.auth_stamp.subscribe()
     }
 
-    /// Publishes a batch this instance committed.
-    pub async fn publish_local(&self, batch: Vec<(Revision, Vec<Event>)>) {
-        let Some(first) = batch.first().map(|(r, _)| *r) else {
-            return;
-        };
-        let _guard = self.lock.lock().await;
-        if first > self.hub.latest() + 1
-            && let Err(e) = self.fill(first - 1).await
-        {
-            // The hub restarts its memory at `first`; readers behind it
-            // read the log.
-            tracing::warn!(error = %e, "could not read other instances' revisions");
+    /// Records the auth stamp as read with the meta row.
+    pub fn auth_stamp(&self, stamp: i64) {
+        self.auth_stamp.send_if_modified(|s| {
+            let moved = *s != stamp;
+            *s = stamp;
+            moved
+        });
+    }
+
+    /// Follows the compact revision (the index's background compaction).
+    pub fn compactions(&self) -> watch::Receiver<Revision> {
+        self.compact.subscribe()
+    }
+
+    pub async fn hold(&self) -> Held<'_> {
+        Held {
+            feed: self,
+            _guard: self.lock.lock().await,
         }
-        self.hub.publish(batch);
     }
 
-    /// Publishes every revision up to `to` committed elsewhere.
+    /// Brings the index and hub up to revision `to`, from the log.
     pub async fn catch_up(&self, to: Revision) -> Result<()> {
-        let _guard = self.lock.lock().await;
-        self.fill(to).await
+        if self.mem.read().revision() >= to {
+            return Ok(());
+        }
+        self.hold().await.catch_up(to).await
     }
 
-    async fn fill(&self, to: Revision) -> Result<()> {
+    /// Records a compaction to `at` that is committed (never moves
+    /// backwards): reads below it fail from now on, and the index drops
+    /// what it no longer needs in the background.
+    pub fn compacted(&self, at: Revision) {
+        self.mem.write().set_compact(at);
+        self.hub.compacted(at);
+        self.compact.send_if_modified(|c| {
+            let moved = at > *c;
+            *c = (*c).max(at);
+            moved
+        });
+    }
+}
+
+impl Held<'_> {
+    /// Publishes every revision up to `to` from the log.
+    pub async fn catch_up(&self, to: Revision) -> Result<()> {
+        let feed = self.feed;
         loop {
-            let from = self.hub.latest();
+            let from = feed.mem.read().revision();
             if from >= to {
                 return Ok(());
             }
             let upto = to.min(from + FILL_STEP);
-            let mut tx = self.db.begin_read().await?;
-            let changes = tx.changes(from, upto).await?;
-            tx.commit().await?;
-            let batch = events_by_revision(changes);
-            if batch.last().map(|(r, _)| *r) != Some(upto) {
-                // Compaction removed part of the range: the log cannot
-                // supply it; restart the hub's memory after it.
-                tracing::debug!(from, upto, "gap not in the log; hub restarts after it");
-                self.hub.publish(vec![(upto, Vec::new())]);
-                continue;
+            let changes = feed.db.changes(from, upto).await?;
+            let compacted_to = match changes.compact {
+                Some((_, compacted_to)) => compacted_to,
+                None => feed.db.compacted_to().await?,
+            };
+            if compacted_to > from {
+                // Compaction removed rows after this instance's revision
+                // before it read them (it fell behind): the index cannot
+                // follow the log from here.
+                tracing::warn!(
+                    revision = from,
+                    compacted_to,
+                    "the log was compacted past this instance's key index: rebuilding it"
+                );
+                return self.rebuild().await;
             }
-            self.hub.publish(batch);
+            let rows = changes.rows;
+            for r in rows.iter().filter(|r| !r.deleted) {
+                feed.mem.values.insert(r.rev(), &r.kv.value);
+            }
+            {
+                let mut ix = feed.mem.write();
+                for r in &rows {
+                    ix.apply(r);
+                }
+            }
+            let events = feed.mem.events(&mut FromDb(&feed.db), rows).await?;
+            feed.mem.write().set_revision(upto);
+            feed.hub.publish(every_revision(from, upto, events));
         }
+    }
+
+    /// Builds the index again from the log (after this instance fell
+    /// behind a compaction); the hub restarts after the new revision, and
+    /// watchers behind it read the log.
+    pub async fn rebuild(&self) -> Result<()> {
+        let feed = self.feed;
+        let ix = memory::build(&feed.db).await?;
+        let (revision, compact) = (ix.revision(), ix.compact_revision());
+        // The values cached stay right: a position's value never changes.
+        *feed.mem.write() = ix;
+        feed.compacted(compact);
+        feed.hub.publish(vec![(revision, Vec::new())]);
+        Ok(())
+    }
+
+    /// Publishes a batch this instance committed: its revisions become
+    /// readable, its values cached, its events watched.
+    pub fn publish(&self, state: BatchState) {
+        let feed = self.feed;
+        for (rev, value) in &state.values {
+            feed.mem.values.insert(*rev, value);
+        }
+        feed.mem.write().set_revision(state.revision);
+        feed.compacted(state.compact);
+        feed.hub.publish(state.events);
     }
 }
 
-/// Turns logged changes (in revision order) into events grouped by
+/// The events of `(from, upto]`, with revisions that changed no key (none
+/// do but where an import left gaps) as empty ones: the hub holds every
 /// revision.
-pub fn events_by_revision(changes: Vec<LoggedChange>) -> Vec<(Revision, Vec<Event>)> {
-    let mut out: Vec<(Revision, Vec<Event>)> = Vec::new();
-    for c in changes {
-        let revision = c.row.revision;
-        let ev = if c.row.deleted {
-            Event {
-                kind: EventKind::Delete,
-                kv: KeyValue {
-                    key: c.row.kv.key,
-                    mod_revision: revision,
-                    ..KeyValue::default()
-                },
-                prev_kv: c.prev,
-            }
-        } else {
-            Event {
-                kind: EventKind::Put,
-                kv: c.row.kv,
-                prev_kv: c.prev,
-            }
-        };
-        match out.last_mut() {
-            Some((rev, evs)) if *rev == revision => evs.push(ev),
-            _ => out.push((revision, vec![ev])),
-        }
+fn every_revision(
+    from: Revision,
+    upto: Revision,
+    events: Vec<(Revision, Vec<crate::types::Event>)>,
+) -> Vec<(Revision, Vec<crate::types::Event>)> {
+    if events.len() as i64 == upto - from {
+        return events;
     }
-    out
+    let mut events = events.into_iter().peekable();
+    (from + 1..=upto)
+        .map(|r| match events.next_if(|(rev, _)| *rev == r) {
+            Some(e) => e,
+            None => (r, Vec::new()),
+        })
+        .collect()
 }
 
-/// Follows revisions and auth changes committed by other instances.
-pub async fn tail_loop(feed: Arc<Feed>, db: Db, poll: Duration, cancel: CancellationToken) {
+/// Follows revisions, compactions and auth changes committed by other
+/// instances, once the key index is built.
+pub async fn tail_loop(store: Store, db: Db, poll: Duration, cancel: CancellationToken) {
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = store.ready() => {}
+    }
+    let feed = store.feed.clone();
     let mut listener = match db.dialect().notifications().await {
         Ok(l) => l,
         Err(e) => {
@@ -149,19 +232,28 @@ pub async fn tail_loop(feed: Arc<Feed>, db: Db, poll: Duration, cancel: Cancella
         }
         match db.meta_and_auth_stamp().await {
             Ok((meta, stamp)) => {
-                feed.auth_stamp.send_if_modified(|s| {
-                    let moved = *s != stamp;
-                    *s = stamp;
-                    moved
-                });
-                feed.hub.compacted(meta.compact_revision);
-                if meta.revision > feed.hub.latest()
-                    && let Err(e) = feed.catch_up(meta.revision).await
-                {
-                    tracing::warn!(error = %e, "following other instances failed");
+                feed.auth_stamp(stamp);
+                // Caught up first: the compact revision never passes the
+                // index's own.
+                match feed.catch_up(meta.revision).await {
+                    Ok(()) => feed.compacted(meta.compact_revision),
+                    Err(e) => tracing::warn!(error = %e, "following other instances failed"),
                 }
             }
             Err(e) => tracing::debug!(error = %e, "revision poll failed"),
         }
+    }
+}
+
+/// Compacts the index in memory whenever the compact revision moves.
+pub async fn compact_loop(feed: Arc<Feed>, cancel: CancellationToken) {
+    let mut compactions = feed.compactions();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = compactions.changed() => if changed.is_err() { return },
+        }
+        let at = *compactions.borrow_and_update();
+        feed.mem.compact(at).await;
     }
 }

@@ -117,9 +117,8 @@ impl Write for Expire {
 
 /// Deletes a lease and its keys; the keys go in one revision.
 async fn revoke(tx: &mut DbTx, state: &mut BatchState, id: LeaseId) -> Result<()> {
-    state.cache.flush(tx).await?;
-    let keys = tx.keys_with_lease(id).await?;
-    apply::delete_keys(state, &keys);
+    let keys = state.mem.read().with_lease(id, state.revision);
+    apply::delete_keys(tx, state, keys).await?;
     tx.lease_delete(id).await?;
     Ok(())
 }

@@ -2,22 +2,33 @@
 //! any revision, Put/DeleteRange/Txn through the group-commit writer,
 //! watching, leases and compaction.
 //!
-//! [`Store`] is the front door the gRPC services use: reads run on a
-//! snapshot of the database, writes go through the writer, and every call
-//! gives up with etcd's "request timed out" after the request timeout.
-//! [`start`] opens the engine on a connected database and runs its
-//! background tasks (following other instances, the leader lock, lease
-//! expiry, background compaction) until the token is cancelled.
+//! The database's log is the truth; what each instance serves from is in
+//! memory (etcd's split between bbolt and its treeIndex): the key index
+//! (`index.rs`), built from the log at start and kept current by the feed
+//! (`feed.rs`), and a cache of values (`values.rs`); values it does not
+//! hold are read from the log by position. On a database other instances
+//! write too, a linearizable read first waits for the index to reach the
+//! database's revision (`fence.rs`).
+//!
+//! [`Store`] is the front door the gRPC services use: reads are answered
+//! from memory, writes go through the writer, and every call gives up with
+//! etcd's "request timed out" after the request timeout. [`start`] builds
+//! the index, opens the engine on a connected database and runs its
+//! background tasks (following other instances, the read fence, the
+//! leader lock, lease expiry, compaction) until the token is cancelled.
 
 pub(crate) mod apply;
-mod cache;
 mod compact;
 mod feed;
+mod fence;
 mod hub;
+mod index;
 mod leader;
 mod lease;
+mod memory;
 mod range;
 pub mod request;
+mod values;
 mod watch;
 pub(crate) mod writer;
 
@@ -25,7 +36,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -37,11 +47,13 @@ pub use writer::Write;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::sql::{Db, LeaseRow, LoggedChange, Meta};
-use crate::types::{LeaseId, Revision};
-use cache::CurrentCache;
+use crate::sql::{Db, LeaseRow, LogRow, Meta};
+use crate::types::{Event, LeaseId, Revision};
 use feed::Feed;
+use fence::Fence;
 use hub::Hub;
+use index::Index;
+use memory::{FromDb, Memory};
 use range::ReadPoint;
 use request::{RangeRequest, RangeResult};
 use writer::{WriteSettings, Writer};
@@ -64,20 +76,24 @@ pub struct Settings {
     pub compact_min_retain: i64,
     /// How often other instances' writes are looked for.
     pub poll_interval: Duration,
-    /// Memory for current key states, where this process is the sole
-    /// writer (0: none).
-    pub key_cache_bytes: usize,
+    /// Memory for values (the key index is always whole).
+    pub value_cache_bytes: usize,
 }
+
+/// Whether the key index is built: `None` while it is being built,
+/// then `Ok`, or why it could not be (tried again every few seconds).
+type Readiness = Option<std::result::Result<(), Arc<Error>>>;
 
 /// The engine's handle for the services; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: Db,
+    ready: tokio::sync::watch::Receiver<Readiness>,
     writer: Writer,
-    hub: Arc<Hub>,
+    feed: Arc<Feed>,
+    /// The read fence, on a database other instances write too.
+    fence: Option<Arc<Fence>>,
     metrics: Arc<Metrics>,
-    /// Current key states, when this process is the database's sole writer.
-    cache: Option<Arc<CurrentCache>>,
     /// Serialises physical compaction runs of this instance.
     compacting: Arc<tokio::sync::Mutex<()>>,
     request_timeout: Duration,
@@ -90,8 +106,18 @@ pub struct Engine {
     writer: JoinHandle<()>,
 }
 
+/// What the engine holds in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryUse {
+    pub keys: usize,
+    pub revisions: usize,
+    pub value_bytes: usize,
+}
+
 /// Opens the engine on `db` and starts its background tasks, which run
-/// until `cancel` fires.
+/// until `cancel` fires. The key index is built from the log in the
+/// background: until it is, requests wait (up to the request timeout) and
+/// `/readyz` fails.
 pub async fn start(
     db: Db,
     settings: &Settings,
@@ -99,20 +125,31 @@ pub async fn start(
     cancel: &CancellationToken,
 ) -> Result<(Store, Engine)> {
     let meta = db.meta().await?;
-    let (store, feed, writer) = assemble(db.clone(), meta, settings, metrics);
+    let index = Index::new(0, meta.compact_revision);
+    let (ready, ready_rx) = tokio::sync::watch::channel(None);
+    let (store, writer) = assemble(
+        db.clone(),
+        index,
+        meta.revision,
+        ready_rx,
+        settings,
+        metrics,
+    );
     let is_leader = Arc::new(AtomicBool::new(false));
-    let tasks = vec![
+    let mut tasks = vec![
+        tokio::spawn(build_index(store.feed.clone(), ready, cancel.clone())),
         tokio::spawn(leader::leader_loop(
             db.clone(),
             is_leader.clone(),
             cancel.clone(),
         )),
         tokio::spawn(feed::tail_loop(
-            feed,
+            store.clone(),
             db.clone(),
             settings.poll_interval,
             cancel.clone(),
         )),
+        tokio::spawn(feed::compact_loop(store.feed.clone(), cancel.clone())),
         tokio::spawn(lease::expire_loop(
             store.clone(),
             settings.lease_check_interval,
@@ -127,6 +164,13 @@ pub async fn start(
             cancel.clone(),
         )),
     ];
+    if let Some(fence) = &store.fence {
+        tasks.push(tokio::spawn(fence.clone().run(
+            db.clone(),
+            store.feed.clone(),
+            cancel.clone(),
+        )));
+    }
     tracing::info!(
         database = db.dialect().sql().name,
         revision = meta.revision,
@@ -135,43 +179,74 @@ pub async fn start(
     Ok((store, Engine { tasks, writer }))
 }
 
-/// The store and its writer on `db`, whose meta row reads `meta`.
+/// Builds the key index from the log, trying again every few seconds
+/// while the database cannot be read, and says when it is ready.
+async fn build_index(
+    feed: Arc<Feed>,
+    ready: tokio::sync::watch::Sender<Readiness>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let built = tokio::select! {
+            _ = cancel.cancelled() => return,
+            built = async { feed.hold().await.rebuild().await } => built,
+        };
+        match built {
+            Ok(()) => {
+                ready.send_replace(Some(Ok(())));
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "building the key index failed; trying again in 5 s");
+                ready.send_replace(Some(Err(Arc::new(e))));
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// The store and its writer on `db`; `index` describes its log (or is
+/// empty until it is built), `revision` is the store's revision now.
 fn assemble(
     db: Db,
-    meta: Meta,
+    index: Index,
+    revision: Revision,
+    ready: tokio::sync::watch::Receiver<Readiness>,
     settings: &Settings,
     metrics: Arc<Metrics>,
-) -> (Store, Arc<Feed>, JoinHandle<()>) {
-    let cache = (db.dialect().sql().sole_writer && settings.key_cache_bytes > 0)
-        .then(|| Arc::new(CurrentCache::new(settings.key_cache_bytes, meta.revision)));
+) -> (Store, JoinHandle<()>) {
     let hub = Arc::new(Hub::new(
-        meta.revision,
-        meta.compact_revision,
+        revision,
+        index.compact_revision(),
         HUB_BYTES,
         HUB_REVISIONS,
     ));
-    let feed = Arc::new(Feed::new(hub.clone(), db.clone()));
+    let mem = Arc::new(Memory::new(index, settings.value_cache_bytes));
+    let feed = Arc::new(Feed::new(hub, mem, db.clone()));
     let (writer, task) = Writer::spawn(
         db.clone(),
         feed.clone(),
         WriteSettings {
             min_lease_ttl: settings.min_lease_ttl,
-            max_key_bytes: db.dialect().sql().max_key_bytes,
         },
-        cache.clone(),
         metrics.clone(),
     );
+    let fence = (!db.dialect().sql().sole_writer).then(|| Arc::new(Fence::default()));
     let store = Store {
         db,
+        ready,
         writer,
-        hub,
+        auth_stamps: feed.auth_stamps(),
+        feed,
+        fence,
         metrics,
-        cache,
         compacting: Default::default(),
         request_timeout: settings.request_timeout,
-        auth_stamps: feed.auth_stamps(),
     };
-    (store, feed, task)
+    (store, task)
 }
 
 /// A store on a fresh in-memory SQLite database, with its writer and no
@@ -179,7 +254,8 @@ fn assemble(
 #[cfg(test)]
 pub(crate) async fn test_store() -> Store {
     let db = crate::sql::sqlite::memory().await;
-    let meta = db.meta().await.expect("meta");
+    let index = memory::build(&db).await.expect("index");
+    let revision = index.revision();
     let settings = Settings {
         request_timeout: Duration::from_secs(10),
         min_lease_ttl: 2,
@@ -187,9 +263,10 @@ pub(crate) async fn test_store() -> Store {
         compact_interval: Duration::ZERO,
         compact_min_retain: 0,
         poll_interval: Duration::from_secs(1),
-        key_cache_bytes: 1 << 20,
+        value_cache_bytes: 1 << 20,
     };
-    let (store, _feed, _writer) = assemble(db, meta, &settings, Metrics::new());
+    let (_, ready) = tokio::sync::watch::channel(Some(Ok(())));
+    let (store, _writer) = assemble(db, index, revision, ready, &settings, Metrics::new());
     store
 }
 
@@ -208,14 +285,14 @@ impl Engine {
 /// store revision.
 pub struct LeaseInfo {
     pub lease: Option<LeaseRow>,
-    pub keys: Vec<Bytes>,
+    pub keys: Vec<bytes::Bytes>,
     pub revision: Revision,
 }
 
 impl Store {
     /// The auth store's stamp as the feed last read it from the database
     /// (PostgreSQL: woken by the NOTIFY of the change; MySQL and SQLite:
-    /// every poll interval).
+    /// every poll interval; and with every read fence).
     pub fn auth_stamps(&self) -> tokio::sync::watch::Receiver<i64> {
         self.auth_stamps.clone()
     }
@@ -228,55 +305,65 @@ impl Store {
         }
     }
 
-    /// A Range at the current or a past revision. Returns the result and the
-    /// store revision of the snapshot it was read from.
+    fn mem(&self) -> &Memory {
+        &self.feed.mem
+    }
+
+    /// Waits until the key index is built; fails with what keeps it from
+    /// being built.
+    pub async fn ready(&self) -> Result<()> {
+        let mut ready = self.ready.clone();
+        loop {
+            match &*ready.borrow_and_update() {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => return Err(e.duplicate()),
+                None => {}
+            }
+            ready.changed().await.map_err(|_| Error::Stopped)?;
+        }
+    }
+
+    /// `Ok` once the key index is built (waiting for it up to `within`),
+    /// or why it is not.
+    pub async fn index_state(&self, within: Duration) -> std::result::Result<(), String> {
+        let _ = tokio::time::timeout(within, self.ready()).await;
+        match &*self.ready.borrow() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(format!("building the key index failed: {e}")),
+            None => Err("the key index is being built from the log".into()),
+        }
+    }
+
+    /// For a linearizable read: waits until the index holds everything
+    /// the database had committed when the read arrived (nothing to wait
+    /// for where this instance is the only writer).
+    async fn fence(&self) -> Result<()> {
+        match &self.fence {
+            Some(fence) => fence.wait().await.map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// The revisions a read resolves against now.
+    fn read_point(&self) -> ReadPoint {
+        let ix = self.mem().read();
+        ReadPoint {
+            current: ix.revision(),
+            compact: ix.compact_revision(),
+        }
+    }
+
+    /// A Range at the current or a past revision, from memory. Returns the
+    /// result and the store revision it was read at.
     pub async fn range(&self, req: &RangeRequest) -> Result<(RangeResult, Revision)> {
         self.bounded(async {
-            let o = &req.options;
-            let single = (o.revision <= 0).then(|| req.range.single()).flatten();
-            if let (Some(cache), Some(key)) = (&self.cache, single)
-                && let Some((entry, revision)) = cache.get(key)
-            {
-                self.metrics.key_cache_hits.inc();
-                let kvs: Vec<_> = entry.into_iter().collect();
-                return Ok((range::whole(kvs, o), revision));
+            self.ready().await?;
+            if !req.options.serializable {
+                self.fence().await?;
             }
-            // Fast path: a current read is one statement joining the meta
-            // row, where the database reads that way fastest.
-            if o.revision <= 0 && !o.count_only {
-                let limit = range::fetch_limit(o);
-                if let Some((meta, kvs)) = self.db.range_with_meta(&req.range, limit).await? {
-                    if limit.is_none_or(|n| (kvs.len() as i64) < n) {
-                        if let (Some(cache), Some(key)) = (&self.cache, single) {
-                            cache.fill(key, kvs.first().cloned(), meta.revision);
-                        }
-                        return Ok((range::whole(kvs, o), meta.revision));
-                    }
-                    // More rows than the limit: the answer needs the count
-                    // of the whole range at the same revision, which a
-                    // snapshot still at that revision gives.
-                    let mut tx = self.db.begin_read().await?;
-                    let now = tx.read_meta().await?;
-                    let count = if now.revision == meta.revision {
-                        Some(tx.count_current(&req.range).await?)
-                    } else {
-                        None
-                    };
-                    tx.commit().await?;
-                    if let Some(count) = count {
-                        return Ok((range::finish(kvs, count, o), meta.revision));
-                    }
-                }
-            }
-            let mut tx = self.db.begin_read().await?;
-            let meta = tx.read_meta().await?;
-            let at = ReadPoint {
-                current: meta.revision,
-                compact: meta.compact_revision,
-            };
-            let result = range::range(&mut tx, req, at).await;
-            tx.commit().await?;
-            Ok((result?, meta.revision))
+            let at = self.read_point();
+            let result = range::range(self.mem(), &mut FromDb(&self.db), req, at).await?;
+            Ok((result, at.current))
         })
         .await
     }
@@ -285,12 +372,34 @@ impl Store {
     /// it. On timeout the write may still commit later, as with etcd's
     /// "request timed out".
     pub async fn write<W: Write>(&self, req: W) -> Result<(W::Output, Revision)> {
-        self.bounded(self.writer.submit(req)).await
+        self.bounded(async {
+            self.ready().await?;
+            self.writer.submit(req).await
+        })
+        .await
     }
 
-    /// The current and compact revisions.
+    /// The current and compact revisions, as the database has them.
     pub async fn meta(&self) -> Result<Meta> {
         self.bounded(self.db.meta()).await
+    }
+
+    /// The compact revision this instance knows of.
+    pub fn compact_revision(&self) -> Revision {
+        self.mem().read().compact_revision()
+    }
+
+    /// What the engine holds in memory.
+    pub fn memory_use(&self) -> MemoryUse {
+        let (keys, revisions) = {
+            let ix = self.mem().read();
+            (ix.len(), ix.entries())
+        };
+        MemoryUse {
+            keys,
+            revisions,
+            value_bytes: self.mem().values.bytes(),
+        }
     }
 
     /// The database's size in bytes.
@@ -310,14 +419,27 @@ impl Store {
     /// the first compaction, as etcd), the revision hashed and the store's
     /// revision in that snapshot.
     pub async fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision, Revision)> {
-        hash_history(&self.db, revision).await
+        self.ready().await?;
+        // Compaction first removes what it drops from the log; another
+        // compaction may come between that and the hash's snapshot.
+        for _ in 0..10 {
+            self.compact_physically().await?;
+            match hash_history(&self.db, revision).await {
+                Err(Error::Internal(why)) if why == NOT_COMPACTED => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Timeout)
     }
 
-    /// Writes the store as an etcd backend file (Maintenance.Snapshot).
+    /// Writes the store as an etcd backend file (Maintenance.Snapshot),
+    /// once compaction has removed from the log what it drops.
     pub async fn snapshot(
         &self,
         file: std::fs::File,
     ) -> Result<(std::fs::File, crate::snapshot::Written)> {
+        self.ready().await?;
+        self.compact_physically().await?;
         crate::snapshot::write(&self.db, file).await
     }
 
@@ -329,23 +451,24 @@ impl Store {
     /// A lease and its keys (TimeToLive).
     pub async fn lease(&self, id: LeaseId) -> Result<LeaseInfo> {
         self.bounded(async {
-            let mut tx = self.db.begin_read().await?;
-            let meta = tx.read_meta().await?;
-            let lease = tx.lease_get(id).await?;
+            self.ready().await?;
+            self.fence().await?;
+            let revision = self.mem().read().revision();
+            let lease = self.db.lease(id).await?;
             let keys = match lease {
-                Some(_) => tx
-                    .keys_with_lease(id)
-                    .await?
+                Some(_) => self
+                    .mem()
+                    .read()
+                    .with_lease(id, revision)
                     .into_iter()
-                    .map(|kv| kv.key)
+                    .map(|f| f.key)
                     .collect(),
                 None => Vec::new(),
             };
-            tx.commit().await?;
             Ok(LeaseInfo {
                 lease,
                 keys,
-                revision: meta.revision,
+                revision,
             })
         })
         .await
@@ -380,26 +503,34 @@ impl Store {
         &self,
         after: Revision,
         upto: Revision,
-    ) -> Result<Result<Vec<LoggedChange>, Revision>> {
+    ) -> Result<Result<Vec<LogRow>, Revision>> {
         self.bounded(async {
-            let mut tx = self.db.begin_read().await?;
-            let meta = tx.read_meta().await?;
-            let result = if after + 1 < meta.compact_revision {
-                Err(meta.compact_revision)
-            } else {
-                Ok(tx.changes(after, upto).await?)
+            self.ready().await?;
+            let changes = self.db.changes(after, upto).await?;
+            // The compact revision of the same snapshot as the rows.
+            let compact = match changes.compact {
+                Some((compact, _)) => compact,
+                None => self.compact_revision(),
             };
-            tx.commit().await?;
-            Ok(result)
+            if after + 1 < compact {
+                return Ok(Err(compact));
+            }
+            let rows = changes.rows;
+            Ok(Ok(rows))
         })
         .await
+    }
+
+    /// Watch events for logged changes, with their previous versions.
+    async fn events(&self, rows: Vec<LogRow>) -> Result<Vec<(Revision, Vec<Event>)>> {
+        self.mem().events(&mut FromDb(&self.db), rows).await
     }
 
     /// Removes the log rows below the compact revision. Not bounded by the
     /// request timeout: it runs as long as the rows take, in small
     /// transactions (as etcd's physical compaction does).
     pub async fn compact_physically(&self) -> Result<()> {
-        compact::remove_unreachable(&self.db, &self.compacting).await
+        compact::remove_unreachable(&self.db, &self.feed, &self.compacting).await
     }
 
     /// A new client watch stream.
@@ -409,7 +540,7 @@ impl Store {
 
     /// The newest revision published to watchers.
     pub fn published_revision(&self) -> Revision {
-        self.hub.latest()
+        self.hub().latest()
     }
 
     /// The meta row, giving up after `within` (health checks answer fast,
@@ -444,7 +575,7 @@ impl Store {
     }
 
     fn hub(&self) -> &Hub {
-        &self.hub
+        &self.feed.hub
     }
 
     fn metrics(&self) -> &Metrics {
@@ -452,21 +583,30 @@ impl Store {
     }
 }
 
+/// Why [`hash_history`] and a snapshot refuse: the log still holds rows
+/// compaction drops.
+pub(crate) const NOT_COMPACTED: &str = "the log holds rows compaction has not removed yet";
+
 /// HashKV over a database (see [`Store::hash_kv`]); `koine import` checks
-/// its work with it.
+/// its work with it. The log must hold only what compaction keeps at or
+/// below the compact revision (`compacted_to` reached it).
 pub(crate) async fn hash_history(
     db: &Db,
     revision: Revision,
 ) -> Result<(u32, Revision, Revision, Revision)> {
     let mut tx = db.begin_read().await?;
     let meta = tx.read_meta().await?;
+    if tx.compacted_to().await? < meta.compact_revision {
+        tx.commit().await?;
+        return Err(Error::Internal(NOT_COMPACTED.into()));
+    }
     let upto = ReadPoint {
         current: meta.revision,
         compact: meta.compact_revision,
     }
     .resolve(revision)?;
     let mut crc = crate::types::Crc32c::new();
-    let mut pages = crate::sql::HistoryPager::new(upto, meta.compact_revision);
+    let mut pages = crate::sql::HistoryPager::new(upto);
     loop {
         let rows = pages.next(&mut tx).await?;
         if rows.is_empty() {

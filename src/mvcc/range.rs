@@ -1,15 +1,20 @@
-//! Range reads as etcd's applier does them: fetch, filter, sort, truncate,
-//! count. Used both by plain reads and by Range ops inside a Txn.
+//! Range reads as etcd's applier does them: find, filter, sort, truncate,
+//! count — from the key index, reading only the values answered. Used both
+//! by plain reads and by Range ops inside a Txn.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::mvcc::memory::{Memory, ValueSource, key_value};
 use crate::mvcc::request::{RangeOptions, RangeRequest, RangeResult, SortOrder, SortTarget};
-use crate::sql::DbTx;
-use crate::types::{KeyValue, Revision};
+use crate::types::{KeyValue, Rev, Revision};
 
 /// The revisions a read is resolved against.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadPoint {
-    /// Newest revision visible through the current-state table.
+    /// The newest revision the read may see.
     pub current: Revision,
     /// Oldest revision still readable.
     pub compact: Revision,
@@ -40,67 +45,77 @@ impl ReadPoint {
     }
 }
 
-/// Runs a Range in `tx` (a read snapshot, or the writer's transaction; the
-/// writer flushes its buffered log rows before a historical read).
-pub async fn range(tx: &mut DbTx, req: &RangeRequest, at: ReadPoint) -> Result<RangeResult> {
+/// Runs a Range against the key index at `at`, reading the values it
+/// returns through `src` (a reader: the cache and the read pool; the
+/// writer: its batch, the cache and its transaction). Filters, sorting
+/// (but by value) and the limit need no values, so only the values of
+/// the keys answered are read.
+pub async fn range(
+    mem: &Memory,
+    src: &mut dyn ValueSource,
+    req: &RangeRequest,
+    at: ReadPoint,
+) -> Result<RangeResult> {
     let o = &req.options;
     let rev = at.resolve(o.revision)?;
-    let historical = rev != at.current;
-
-    if o.count_only {
-        let count = if historical {
-            tx.count_at(&req.range, rev).await?
-        } else {
-            tx.count_current(&req.range).await?
-        };
-        return Ok(RangeResult {
-            kvs: Vec::new(),
-            more: false,
-            count,
-        });
-    }
-
-    // One extra row tells whether there are more.
-    let fetch_limit = fetch_limit(o);
-    let kvs = if historical {
-        tx.range_at(&req.range, rev, fetch_limit).await?
-    } else {
-        tx.range_current(&req.range, fetch_limit).await?
-    };
-    let count = match fetch_limit {
-        Some(n) if kvs.len() as i64 >= n => {
-            if historical {
-                tx.count_at(&req.range, rev).await?
-            } else {
-                tx.count_current(&req.range).await?
-            }
+    let limit = fetch_limit(o);
+    let (found, count) = {
+        let ix = mem.read();
+        if o.count_only {
+            return Ok(RangeResult {
+                kvs: Vec::new(),
+                more: false,
+                count: ix.count(&req.range, rev),
+            });
         }
-        _ => kvs.len() as i64,
+        // One extra key tells whether there are more.
+        let found = ix.range(&req.range, rev, limit.map(|n| n as usize));
+        let count = match limit {
+            Some(n) if found.len() as i64 >= n => ix.count(&req.range, rev),
+            _ => found.len() as i64,
+        };
+        (found, count)
     };
-    Ok(finish(kvs, count, o))
+    // A value target sorts ascending even with no order given.
+    if o.sort_target == SortTarget::Value {
+        let kvs = mem.with_values(src, found).await?;
+        return Ok(finish(kvs, count, o));
+    }
+    let subs: HashMap<Bytes, i64> = found
+        .iter()
+        .filter(|f| f.rev.sub != 0)
+        .map(|f| (f.key.clone(), f.rev.sub))
+        .collect();
+    let kvs = found
+        .into_iter()
+        .map(|f| key_value(f, Bytes::new()))
+        .collect();
+    let mut result = finish(kvs, count, o);
+    if !o.keys_only {
+        let revs: Vec<Rev> = result
+            .kvs
+            .iter()
+            .map(|kv| Rev {
+                main: kv.mod_revision,
+                sub: subs.get(&kv.key).copied().unwrap_or(0),
+            })
+            .collect();
+        let values = mem.values(src, &revs).await?;
+        for (kv, v) in result.kvs.iter_mut().zip(values) {
+            kv.value = v;
+        }
+    }
+    Ok(result)
 }
 
-/// How many rows a current-revision read should fetch so that `finish`
-/// can answer without a separate count: `None` for all of them.
+/// How many keys a read should find so that `finish` can answer without
+/// a separate count: `None` for all of them.
 pub fn fetch_limit(o: &RangeOptions) -> Option<i64> {
     let post_process = o.sort_order != SortOrder::None || o.has_filters();
     // A limit too large for one more row is no limit at all.
     (o.limit > 0 && !post_process)
         .then(|| o.limit.checked_add(1))
         .flatten()
-}
-
-/// The answer when `kvs` is everything in the range at the read revision.
-pub fn whole(kvs: Vec<KeyValue>, o: &RangeOptions) -> RangeResult {
-    let count = kvs.len() as i64;
-    if o.count_only {
-        return RangeResult {
-            kvs: Vec::new(),
-            more: false,
-            count,
-        };
-    }
-    finish(kvs, count, o)
 }
 
 /// Filters, sorts, truncates to the limit and strips values, as etcd's

@@ -41,6 +41,9 @@ pub struct RangeOptions {
     pub max_mod_revision: Revision,
     pub min_create_revision: Revision,
     pub max_create_revision: Revision,
+    /// Served from this instance's memory as it is, without first
+    /// catching up with the database (etcd's serializable read).
+    pub serializable: bool,
 }
 
 impl RangeOptions {

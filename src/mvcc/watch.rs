@@ -14,9 +14,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mvcc::Store;
-use crate::mvcc::feed::events_by_revision;
 use crate::mvcc::hub::{RevisionEvents, Since};
 use crate::types::{Event, EventKind, KeyRange, Revision};
 
@@ -46,8 +45,6 @@ pub enum Refused {
     /// The start revision is below the compact revision: the watcher is
     /// created and at once cancelled with it (etcd answers both).
     Compacted { id: i64, compact: Revision },
-    /// The database could not be read.
-    Failed(crate::error::Error),
 }
 
 /// What [`WatchStream::next`] has for the client.
@@ -113,12 +110,7 @@ impl WatchStream {
             self.next_id
         };
         let cursor = if spec.start_revision > 0 {
-            let compact = self
-                .store
-                .meta()
-                .await
-                .map_err(Refused::Failed)?
-                .compact_revision;
+            let compact = self.store.compact_revision();
             if spec.start_revision < compact {
                 return Err(Refused::Compacted { id, compact });
             }
@@ -210,7 +202,13 @@ impl WatchStream {
             Ok(changes) => changes,
             Err(compact) => return Ok(Err(compact)),
         };
-        let revisions = events_by_revision(changes)
+        let events = match self.store.events(changes).await {
+            Ok(events) => events,
+            // A previous version compaction removed meanwhile.
+            Err(Error::Compacted { compacted, .. }) => return Ok(Err(compacted)),
+            Err(e) => return Err(e),
+        };
+        let revisions = events
             .into_iter()
             .map(|(revision, events)| Arc::new(RevisionEvents { revision, events }))
             .collect();

@@ -8,6 +8,15 @@
 //! database take turns and the revisions they assign are dense and in
 //! commit order.
 //!
+//! The writer applies each change to the key index as it goes (above the
+//! committed revision, where no reader looks), so that later requests of
+//! the batch see earlier ones and compares are evaluated in memory; after
+//! COMMIT it makes the batch's revisions readable, and takes the changes
+//! out again if the batch did not commit. On a shared database it first
+//! brings the index up to the revision it locked (other instances'
+//! commits), holding the feed so that nothing else changes the index
+//! meanwhile.
+//!
 //! If the batch fails as a whole, each request is retried alone so that one
 //! bad request cannot fail its neighbours. What a request does lives with
 //! it (the [`Write`] implementations in `apply.rs`, `lease.rs` and
@@ -17,13 +26,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::mvcc::apply::BatchState;
-use crate::mvcc::cache::CurrentCache;
 use crate::mvcc::feed::Feed;
 use crate::sql::{Db, DbTx};
 use crate::types::Revision;
@@ -46,11 +53,6 @@ pub trait Write: Send + Sync + 'static {
     /// anything; a database error fails the whole batch.
     fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState)
     -> BoxFut<'a, Self::Output>;
-
-    /// Single keys whose current version the request will read (compared
-    /// or replaced): the writer reads those of a whole batch in one
-    /// statement before applying it.
-    fn point_reads(&self, _keys: &mut Vec<Bytes>) {}
 }
 
 /// Settings the requests read while applying.
@@ -58,8 +60,6 @@ pub trait Write: Send + Sync + 'static {
 pub struct WriteSettings {
     /// Shortest lease TTL granted (etcd: 2 s).
     pub min_lease_ttl: i64,
-    /// Longest key the database can store (`None`: as long as a request).
-    pub max_key_bytes: Option<usize>,
 }
 
 /// A queued request with its answer slot, type-erased for the queue.
@@ -67,8 +67,6 @@ trait Job: Send {
     /// Applies the request; `Err` is a database failure that aborts the
     /// batch (the request's own errors are kept as its outcome).
     fn apply<'a>(&'a mut self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, ()>;
-    /// See [`Write::point_reads`].
-    fn point_reads(&self, keys: &mut Vec<Bytes>);
     /// Forgets the outcome of a batch that did not commit.
     fn reset(&mut self);
     /// Sends the outcome, or `failure` when the batch failed.
@@ -93,10 +91,6 @@ impl<W: Write> Job for Pending<W> {
             }
             Ok(())
         })
-    }
-
-    fn point_reads(&self, keys: &mut Vec<Bytes>) {
-        self.req.point_reads(keys);
     }
 
     fn reset(&mut self) {
@@ -156,7 +150,6 @@ impl Writer {
         db: Db,
         feed: Arc<Feed>,
         settings: WriteSettings,
-        cache: Option<Arc<CurrentCache>>,
         metrics: Arc<Metrics>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(4096);
@@ -165,7 +158,6 @@ impl Writer {
             db,
             feed,
             settings,
-            cache,
             metrics,
             health: health.clone(),
         };
@@ -203,8 +195,6 @@ struct WriterTask {
     metrics: Arc<Metrics>,
     feed: Arc<Feed>,
     settings: WriteSettings,
-    /// Current key states this writer keeps up to date (sole writer only).
-    cache: Option<Arc<CurrentCache>>,
     health: Arc<Health>,
 }
 
@@ -247,9 +237,6 @@ impl WriterTask {
     /// tell whether it took effect.
     async fn commit(&self, jobs: &mut [Box<dyn Job>]) -> Result<()> {
         let result = self.try_commit(jobs).await;
-        if let (Some(cache), Err(Error::OutcomeUnknown(_))) = (&self.cache, &result) {
-            cache.forget();
-        }
         self.health
             .set(result.as_ref().err().map(|e| e.to_string()));
         result
@@ -259,43 +246,66 @@ impl WriterTask {
         let began = std::time::Instant::now();
         let batch = rand::random::<i64>();
         let mut tx = self.db.begin_write().await?;
-        match self.apply_all(&mut tx, jobs, batch).await {
-            Ok(state) => {
-                let committing = std::time::Instant::now();
-                // Readers may see the new revision as soon as COMMIT runs;
-                // the key cache must not answer the old one from then on.
-                let paused = self.cache.as_ref().map(|c| c.pause());
-                if let Err(e) = tx.commit().await {
-                    // The connection may have broken after the database
-                    // committed: ask it, rather than guess (on
-                    // OutcomeUnknown, `commit` empties the cache).
-                    if !self.committed(batch).await? {
-                        if let (Some(cache), Some(revision)) = (&self.cache, paused) {
-                            cache.resume(revision);
-                        }
-                        return Err(e);
-                    }
-                    tracing::warn!(error = %e, "COMMIT failed, yet the batch was committed");
-                }
-                self.metrics
-                    .commit_seconds
-                    .observe(committing.elapsed().as_secs_f64());
-                self.metrics
-                    .txn_seconds
-                    .observe(began.elapsed().as_secs_f64());
-                self.metrics.batch_size.observe(jobs.len() as f64);
-                if let Some(cache) = &self.cache {
-                    cache.committed(&state.events, state.revision);
-                }
-                self.feed.hub.compacted(state.compact);
-                self.feed.publish_local(state.events).await;
-                Ok(())
-            }
+        let meta = match tx.lock_meta().await {
+            Ok(meta) => meta,
             Err(e) => {
                 let _ = tx.rollback().await;
-                Err(e)
+                return Err(e);
             }
+        };
+        // Nothing else changes the index until this batch is published or
+        // taken out again.
+        let feed = self.feed.hold().await;
+        let mut state = BatchState::new(meta, self.settings, self.feed.mem.clone());
+        let applied = match feed.catch_up(meta.revision).await {
+            Ok(()) => match self.feed.mem.read().revision() {
+                served if served > meta.revision => Err(Error::Internal(format!(
+                    "the database is at revision {}, behind revision {served} this instance \
+                     has served: it lost commits",
+                    meta.revision
+                ))),
+                _ => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        let applied = match applied {
+            Ok(()) => self.apply_all(&mut tx, jobs, &mut state, batch).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = applied {
+            self.feed
+                .mem
+                .write()
+                .rollback(&state.touched, meta.revision);
+            let _ = tx.rollback().await;
+            return Err(e);
         }
+        let committing = std::time::Instant::now();
+        if let Err(e) = tx.commit().await {
+            // The connection may have broken after the database
+            // committed: ask it, rather than guess.
+            let committed = self.committed(batch).await;
+            if !matches!(committed, Ok(true)) {
+                // Not committed, or unknown: the index forgets the batch;
+                // if it did commit, the feed reads it from the log.
+                self.feed
+                    .mem
+                    .write()
+                    .rollback(&state.touched, meta.revision);
+                committed?;
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "COMMIT failed, yet the batch was committed");
+        }
+        self.metrics
+            .commit_seconds
+            .observe(committing.elapsed().as_secs_f64());
+        self.metrics
+            .txn_seconds
+            .observe(began.elapsed().as_secs_f64());
+        self.metrics.batch_size.observe(jobs.len() as f64);
+        feed.publish(state);
+        Ok(())
     }
 
     /// After a failed COMMIT: whether batch `id` took effect, asked on a
@@ -327,33 +337,13 @@ impl WriterTask {
         &self,
         tx: &mut DbTx,
         jobs: &mut [Box<dyn Job>],
+        state: &mut BatchState,
         batch: i64,
-    ) -> Result<BatchState> {
-        let meta = tx.lock_meta().await?;
-        let start = meta.revision;
-        let mut state = BatchState::new(meta, self.settings);
-        if jobs.len() > 1 || self.cache.is_some() {
-            let mut keys = Vec::new();
-            for job in jobs.iter() {
-                job.point_reads(&mut keys);
-            }
-            if let Some(cache) = &self.cache {
-                keys.retain(|k| match cache.get_at(k, start) {
-                    Some(entry) => {
-                        state.cache.know(k.clone(), entry);
-                        false
-                    }
-                    None => true,
-                });
-            }
-            if jobs.len() > 1 {
-                state.cache.prefetch(tx, keys).await?;
-            }
-        }
+    ) -> Result<()> {
+        let start = state.revision;
         for job in jobs.iter_mut() {
-            job.apply(tx, &mut state).await?;
+            job.apply(tx, state).await?;
         }
-        state.cache.flush(tx).await?;
         state.flush_log(tx).await?;
         if state.revision != start {
             tx.set_revision(state.revision).await?;
@@ -362,7 +352,7 @@ impl WriterTask {
             tx.notify(state.revision).await?;
         }
         tx.record_batch(batch, state.revision).await?;
-        Ok(state)
+        Ok(())
     }
 }
 
@@ -372,6 +362,7 @@ mod tests {
     use crate::mvcc::lease::Revoke;
     use crate::mvcc::request::{Compare, CompareResult, CompareTarget, Op, PutRequest, TxnRequest};
     use crate::mvcc::{Store, test_store};
+    use bytes::Bytes;
 
     /// A request whose database work fails: the batch it is in fails.
     struct Broken;
@@ -505,16 +496,16 @@ mod tests {
         // k0 existed; the second create of k1 sees the first one.
         assert_eq!(succeeded, vec![false, true, false, true]);
         assert_eq!(store.metrics.batch_size.get_sample_count(), 2);
-        let mut tx = store.db.begin_read().await.unwrap();
-        let got = tx
-            .get_many(&["k0".into(), "k1".into(), "k2".into()])
-            .await
-            .unwrap();
-        let mut values: Vec<_> = got
+        let all = crate::mvcc::request::RangeRequest {
+            range: crate::types::KeyRange::from_etcd(&"k".into(), &"l".into()),
+            options: Default::default(),
+        };
+        let (got, _) = store.range(&all).await.unwrap();
+        let values: Vec<(Bytes, Bytes)> = got
+            .kvs
             .iter()
             .map(|kv| (kv.key.clone(), kv.value.clone()))
             .collect();
-        values.sort();
         assert_eq!(
             values,
             vec![

@@ -40,6 +40,7 @@ pub fn range(r: &pb::RangeRequest) -> Result<t::RangeRequest, Error> {
             max_mod_revision: r.max_mod_revision,
             min_create_revision: r.min_create_revision,
             max_create_revision: r.max_create_revision,
+            serializable: r.serializable,
         },
     })
 }

@@ -40,6 +40,8 @@ enum Check {
     Read,
     /// The writer can write.
     Writer,
+    /// The key index is built from the log.
+    Index,
 }
 
 async fn run_check(s: &SharedRef, check: Check) -> Result<(), String> {
@@ -54,16 +56,21 @@ async fn run_check(s: &SharedRef, check: Check) -> Result<(), String> {
                 .map_err(|e| e.to_string()),
         },
         Check::Writer => s.store.writer_health(CHECK_TIMEOUT).await,
+        Check::Index => s.store.index_state(CHECK_TIMEOUT).await,
     }
 }
 
 /// etcd's `/health`: `{"health":"true","reason":""}` or 503 with the
-/// reason. Healthy means the database answers and the writer can write.
+/// reason. Healthy means the database answers, the key index is built and
+/// the writer can write.
 async fn health(State(s): State<SharedRef>) -> Response {
     let result = match run_check(&s, Check::Read).await {
-        Ok(()) => run_check(&s, Check::Writer)
-            .await
-            .map_err(|e| format!("writer: {e}")),
+        Ok(()) => match run_check(&s, Check::Index).await {
+            Ok(()) => run_check(&s, Check::Writer)
+                .await
+                .map_err(|e| format!("writer: {e}")),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(format!("database: {e}")),
     };
     match result {
@@ -88,7 +95,11 @@ async fn livez(State(s): State<SharedRef>, RawQuery(q): RawQuery) -> Response {
 async fn readyz(State(s): State<SharedRef>, RawQuery(q): RawQuery) -> Response {
     checks(
         &s,
-        &[("database", Check::Read), ("writer", Check::Writer)],
+        &[
+            ("database", Check::Read),
+            ("index", Check::Index),
+            ("writer", Check::Writer),
+        ],
         q.as_deref(),
         "readyz",
     )
@@ -151,7 +162,8 @@ async fn metrics(State(s): State<SharedRef>) -> Response {
 
 /// Keeps the metrics that come from the database fresh, every
 /// `METRICS_REFRESH`, until `cancel`: `etcd_server_has_leader` (1 while
-/// the database answers), the database size and the watch lag.
+/// the database answers), the database size, the watch lag, and what the
+/// engine holds in memory.
 pub async fn refresh_metrics(s: SharedRef, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(METRICS_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -171,5 +183,9 @@ pub async fn refresh_metrics(s: SharedRef, cancel: CancellationToken) {
         if let Ok(Ok(size)) = tokio::time::timeout(CHECK_TIMEOUT, s.store.db_size()).await {
             s.metrics.db_size.set(size);
         }
+        let memory = s.store.memory_use();
+        s.metrics.index_keys.set(memory.keys as i64);
+        s.metrics.index_revisions.set(memory.revisions as i64);
+        s.metrics.value_cache_bytes.set(memory.value_bytes as i64);
     }
 }

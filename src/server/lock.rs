@@ -203,7 +203,6 @@ impl Recipe {
                 crate::mvcc::Refused::Compacted { .. } => {
                     Ok((EventKind::Delete, crate::types::KeyValue::default()))
                 }
-                crate::mvcc::Refused::Failed(e) => Err(e.into()),
                 other => Err(Status::internal(format!("koine: watch refused: {other:?}"))),
             };
         }

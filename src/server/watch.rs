@@ -260,10 +260,6 @@ impl Session {
                 })
                 .await
             }
-            Err(Refused::Failed(e)) => {
-                let _ = self.out.send(Err(Status::from(e))).await;
-                Err(Closed)
-            }
         }
     }
 

@@ -57,57 +57,22 @@ pub struct DialectSql {
     /// Appended to the meta row's SELECT in a write transaction: the row
     /// lock that serialises writers and makes revisions dense.
     pub lock_meta: &'static str,
-    /// The tail of `INSERT INTO koine_kv … VALUES …` that updates a row
-    /// whose key exists.
-    pub kv_upsert: &'static str,
-    /// Deletes the log rows in `[?, ?)` superseded by a newer row of their
-    /// key at or below `?` (the compact revision).
-    pub compact_superseded: &'static str,
-    /// Deletes the log rows below `?` (an earlier compaction kept them as
-    /// their key's newest version) that a row of their key in `[?, ?)`, at
-    /// or below `?` (the compact revision), supersedes. Without it a key
-    /// kept by one compaction and deleted before the next would live on in
-    /// the history (HashKV, snapshots) once its tombstone is removed.
-    pub compact_older: &'static str,
-    /// The database's size in bytes.
     /// Gives freed space back (etcd's Defragment): run outside any
     /// transaction, on the writer's connection.
     pub defragment: &'static str,
+    /// The database's size in bytes.
     pub db_size: &'static str,
     /// Sent in each write transaction that made a revision, so other
     /// instances wake at commit (`?`: the revision); `None`: they poll.
     pub notify: Option<&'static str>,
-    /// The longest key the database can store and index; longer keys are
-    /// refused with a clear error (`None`: any key a request can carry).
-    pub max_key_bytes: Option<usize>,
     /// How often instances look for each other's commits unless
     /// `--poll-interval` says otherwise.
     pub poll_interval: std::time::Duration,
-    /// Whether a read at the current revision may be one statement joining
-    /// the meta row (no transaction). MySQL sorts that join's BLOBs through
-    /// on-disk temporary tables; a snapshot transaction is faster there.
-    pub joined_current_reads: bool,
     /// Only this process writes the database (the SQLite file is locked to
-    /// it), so the engine may keep current state in memory.
+    /// it), so the engine's memory is current without asking it (no read
+    /// fence).
     pub sole_writer: bool,
 }
-
-/// The upsert tail of the databases that speak `ON CONFLICT` (SQLite,
-/// PostgreSQL).
-pub const ON_CONFLICT_UPSERT: &str = "ON CONFLICT (k) DO UPDATE SET create_revision = excluded.create_revision, \
-    mod_revision = excluded.mod_revision, version = excluded.version, \
-    lease = excluded.lease, value = excluded.value";
-
-/// Superseded log rows, with a correlated subquery (SQLite, PostgreSQL).
-pub const COMPACT_SUPERSEDED_EXISTS: &str = "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND EXISTS \
-    (SELECT 1 FROM koine_log n WHERE n.k = koine_log.k \
-    AND n.revision > koine_log.revision AND n.revision <= ?)";
-
-/// `compact_older` for PostgreSQL and SQLite: the newer rows of the step
-/// drive it (through the (k, revision) index), not the whole older log.
-pub const COMPACT_OLDER_IN: &str = "DELETE FROM koine_log WHERE (k, revision) IN \
-    (SELECT o.k, o.revision FROM koine_log n JOIN koine_log o ON o.k = n.k AND o.revision < ? \
-    WHERE n.revision >= ? AND n.revision < ? AND n.revision <= ?)";
 
 /// The shared part of every dialect's error classification: connection
 /// failures are `Unavailable` whatever the database; `unavailable_code`

@@ -28,6 +28,8 @@ pub trait Row {
     fn opt_i64(&self, i: usize) -> Result<Option<i64>>;
     fn bytes(&self, i: usize) -> Result<Bytes>;
     fn opt_bytes(&self, i: usize) -> Result<Option<Bytes>>;
+    /// How many columns the row has.
+    fn len(&self) -> usize;
 }
 
 /// A value decoded from one row.
@@ -64,6 +66,9 @@ macro_rules! impl_row {
                 self.try_get::<Option<Vec<u8>>, _>(i)
                     .map(|v| v.map(Bytes::from))
                     .map_err(|e| column_error(i, e))
+            }
+            fn len(&self) -> usize {
+                self.columns().len()
             }
         }
     };

@@ -1,8 +1,10 @@
 //! Persistence over sqlx. The engine (`mvcc/`) talks to the database only
 //! through [`Db`] (the pools) and [`DbTx`] (one open transaction), whose
 //! methods are its small transactional interface: read and lock the meta
-//! row, get, range and count live keys (now or at a past revision), write
-//! current-state rows, append to the log, read the log, leases, compaction.
+//! row, append to the log, read the log by position (values, changes in a
+//! revision span), delete compacted rows by position, leases, auth,
+//! alarms. Nothing here is read by key: the engine's key index is in
+//! memory.
 //!
 //! The logic here is the same for every database. What differs lives in
 //! one file per database behind the [`Dialect`] trait (`sqlite.rs`,
@@ -22,15 +24,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::types::{KeyRange, KeyValue, LeaseId, Revision};
+use crate::types::{KeyValue, LeaseId, Rev, Revision};
 pub use dialect::{Dialect, DialectSql, LeaderSession};
 use exec::{Arg, FromRow, Pool, Row, TxInner};
 use queries::{Many, Q, Queries};
 
 /// Rows at most per multi-row INSERT into the log.
 const LOG_CHUNK_ROWS: usize = 32;
-/// Most keys read by one `get_many` statement.
-const GET_MANY: usize = 64;
+/// Most log positions read or deleted by one statement.
+const BY_POSITION: usize = 64;
 /// Bytes at most per multi-row INSERT (below MySQL's max_allowed_packet).
 const LOG_CHUNK_BYTES: usize = 4 << 20;
 
@@ -95,6 +97,16 @@ pub struct LogRow {
     pub prev_revision: Revision,
 }
 
+impl LogRow {
+    /// The row's position in the log.
+    pub fn rev(&self) -> Rev {
+        Rev {
+            main: self.revision,
+            sub: self.sub,
+        }
+    }
+}
+
 /// The store's counters as read from the meta row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
@@ -121,12 +133,14 @@ impl FromRow for AuthRow {
     }
 }
 
-/// Pages through the history up to `upto` as compaction to `compact`
-/// leaves it (HashKV, Snapshot and `koine import` read it this way), in
-/// (revision, sub) order, inside one transaction.
+/// Pages through the log up to `upto` in (revision, sub) order, inside one
+/// transaction (HashKV, Snapshot and `koine import` read it this way).
+/// What they read is the history as compaction leaves it once compaction
+/// has removed its rows (`compacted_to` reaching the compact revision):
+/// the engine sees to that first, and `koine import` drops what
+/// compaction would itself.
 pub struct HistoryPager {
     upto: Revision,
-    compact: Revision,
     after: (Revision, i64),
     done: bool,
 }
@@ -134,10 +148,9 @@ pub struct HistoryPager {
 impl HistoryPager {
     const PAGE: i64 = 1000;
 
-    pub fn new(upto: Revision, compact: Revision) -> HistoryPager {
+    pub fn new(upto: Revision) -> HistoryPager {
         HistoryPager {
             upto,
-            compact,
             after: (0, -1),
             done: false,
         }
@@ -148,9 +161,7 @@ impl HistoryPager {
         if self.done {
             return Ok(Vec::new());
         }
-        let page = tx
-            .hash_page(self.upto, self.compact, self.after, Self::PAGE)
-            .await?;
+        let page = tx.hash_page(self.upto, self.after, Self::PAGE).await?;
         match page.last() {
             Some(r) if page.len() as i64 == Self::PAGE => self.after = (r.revision, r.sub),
             _ => self.done = true,
@@ -221,14 +232,6 @@ pub struct LeaseRow {
     pub remaining_ms: i64,
 }
 
-/// A logged change as read back for watchers, with the version it
-/// replaced.
-#[derive(Debug, Clone)]
-pub struct LoggedChange {
-    pub row: LogRow,
-    pub prev: Option<KeyValue>,
-}
-
 struct MetaAndStamp(Meta, i64);
 
 impl FromRow for MetaAndStamp {
@@ -256,76 +259,73 @@ impl FromRow for LeaseRow {
     }
 }
 
-/// The six key-value columns `k, create_revision, mod_revision, version,
-/// lease, value` starting at column `at`.
-fn kv_at(r: &dyn Row, at: usize) -> Result<KeyValue> {
-    Ok(KeyValue {
-        key: r.bytes(at)?,
-        create_revision: r.i64(at + 1)?,
-        mod_revision: r.i64(at + 2)?,
-        version: r.i64(at + 3)?,
-        lease: r.i64(at + 4)?,
-        value: r.bytes(at + 5)?,
-    })
-}
-
-impl FromRow for KeyValue {
-    fn from_row(r: &dyn Row) -> Result<KeyValue> {
-        kv_at(r, 0)
-    }
-}
-
-/// A row of the meta-joined current read: the counters, and a live key
-/// unless the range holds none (the LEFT JOIN's NULL row).
-struct MetaAndKv(Meta, Option<KeyValue>);
-
-impl FromRow for MetaAndKv {
-    fn from_row(r: &dyn Row) -> Result<MetaAndKv> {
-        let meta = Meta::from_row(r)?;
-        let kv = match r.opt_bytes(2)? {
-            Some(_) => Some(kv_at(r, 2)?),
-            None => None,
-        };
-        Ok(MetaAndKv(meta, kv))
-    }
-}
-
-impl FromRow for LoggedChange {
+impl FromRow for LogRow {
     /// Columns: revision, sub, k, create_revision, version, lease, value,
-    /// deleted, prev_revision, then the previous row's create_revision,
-    /// revision, version, lease, value (all NULL when there is none).
-    fn from_row(r: &dyn Row) -> Result<LoggedChange> {
+    /// deleted, prev_revision; a scan without values leaves the value out
+    /// (eight columns). Columns after these are not looked at.
+    fn from_row(r: &dyn Row) -> Result<LogRow> {
         let revision = r.i64(0)?;
-        let key = r.bytes(2)?;
-        let prev = match r.opt_i64(10)? {
-            Some(prev_mod) => Some(KeyValue {
-                key: key.clone(),
-                create_revision: r.i64(9)?,
-                mod_revision: prev_mod,
-                version: r.i64(11)?,
-                lease: r.i64(12)?,
-                value: r.bytes(13)?,
-            }),
-            None => None,
+        let (value, rest) = if r.len() >= 9 {
+            (r.bytes(6)?, 7)
+        } else {
+            (Bytes::new(), 6)
         };
-        Ok(LoggedChange {
-            row: LogRow {
-                revision,
-                sub: r.i64(1)?,
-                kv: KeyValue {
-                    key,
-                    create_revision: r.i64(3)?,
-                    mod_revision: revision,
-                    version: r.i64(4)?,
-                    lease: r.i64(5)?,
-                    value: r.bytes(6)?,
-                },
-                deleted: r.i64(7)? != 0,
-                prev_revision: r.i64(8)?,
+        Ok(LogRow {
+            revision,
+            sub: r.i64(1)?,
+            kv: KeyValue {
+                key: r.bytes(2)?,
+                create_revision: r.i64(3)?,
+                mod_revision: revision,
+                version: r.i64(4)?,
+                lease: r.i64(5)?,
+                value,
             },
-            prev,
+            deleted: r.i64(rest)? != 0,
+            prev_revision: r.i64(rest + 1)?,
         })
     }
+}
+
+/// Changes of a span of revisions, with the compaction counters read in
+/// the same statement (so in the same snapshot).
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub rows: Vec<LogRow>,
+    /// The compact revision, and up to where compaction removed what it
+    /// drops (`None` when the span held no row).
+    pub compact: Option<(Revision, Revision)>,
+}
+
+struct ChangeRow(LogRow, Revision, Revision);
+
+impl FromRow for ChangeRow {
+    fn from_row(r: &dyn Row) -> Result<ChangeRow> {
+        Ok(ChangeRow(LogRow::from_row(r)?, r.i64(9)?, r.i64(10)?))
+    }
+}
+
+/// A value and the position it was read at.
+struct Valued(Rev, Bytes);
+
+impl FromRow for Valued {
+    fn from_row(r: &dyn Row) -> Result<Valued> {
+        Ok(Valued(
+            Rev {
+                main: r.i64(0)?,
+                sub: r.i64(1)?,
+            },
+            r.bytes(2)?,
+        ))
+    }
+}
+
+/// Arguments naming log positions, for the statements that take them in
+/// `(revision = ? AND sub = ?) OR …` form.
+fn position_args(revs: &[Rev]) -> Vec<Arg<'static>> {
+    revs.iter()
+        .flat_map(|r| [Arg::I64(r.main), Arg::I64(r.sub)])
+        .collect()
 }
 
 /// The single value of a one-row, one-column result.
@@ -442,40 +442,54 @@ impl Db {
         Ok(id as u64)
     }
 
-    /// Live keys in `range` at the current revision together with the meta
-    /// row, in one statement (hence one snapshot, no transaction); `None`
-    /// where the dialect reads a range faster through a snapshot
-    /// transaction (a single key is one statement everywhere).
-    pub async fn range_with_meta(
-        &self,
-        range: &KeyRange,
-        limit: Option<i64>,
-    ) -> Result<Option<(Meta, Vec<KeyValue>)>> {
-        let rows: Vec<MetaAndKv> = if let Some(key) = range.single() {
-            self.fetch(Q::KvGetWithMeta, &[Arg::Bytes(key)]).await?
-        } else if !self.dialect.sql().joined_current_reads || range.is_empty() {
-            return Ok(None);
-        } else {
-            let (bounded, mut args) = range_args(range);
-            args.push(Arg::I64(limit.unwrap_or(i64::MAX)));
-            let q = if bounded {
-                Q::KvRangeWithMeta
-            } else {
-                Q::KvRangeWithMetaOpen
-            };
-            self.fetch(q, &args).await?
-        };
-        let meta = rows
-            .first()
-            .map(|r| r.0)
-            .ok_or_else(|| Error::Internal("koine_meta row missing".into()))?;
-        let kvs = rows.into_iter().filter_map(|r| r.1).collect();
-        Ok(Some((meta, kvs)))
+    /// The values at `revs` (distinct), in as few statements as the size
+    /// of each allows; positions compaction removed are left out.
+    pub async fn values(&self, revs: &[Rev]) -> Result<Vec<(Rev, Bytes)>> {
+        let mut out = Vec::with_capacity(revs.len());
+        for chunk in revs.chunks(BY_POSITION) {
+            let sql = self.queries.many(Many::Values, chunk.len());
+            let rows: Vec<Valued> = self
+                .read
+                .fetch(&sql, &position_args(chunk), &*self.dialect)
+                .await?;
+            out.extend(rows.into_iter().map(|Valued(r, v)| (r, v)));
+        }
+        Ok(out)
+    }
+
+    /// The changes with revision in `(after, upto]`, in order, without
+    /// their values (one statement: the rows never change).
+    pub async fn scan(&self, after: Revision, upto: Revision) -> Result<Vec<LogRow>> {
+        self.fetch(Q::LogScan, &[Arg::I64(after), Arg::I64(upto)])
+            .await
+    }
+
+    /// The changes with revision in `(after, upto]`, in order, with their
+    /// values, and the compaction counters of the same snapshot.
+    pub async fn changes(&self, after: Revision, upto: Revision) -> Result<Changes> {
+        let rows: Vec<ChangeRow> = self
+            .fetch(Q::LogChanges, &[Arg::I64(after), Arg::I64(upto)])
+            .await?;
+        let compact = rows.first().map(|r| (r.1, r.2));
+        Ok(Changes {
+            rows: rows.into_iter().map(|r| r.0).collect(),
+            compact,
+        })
+    }
+
+    /// Revision up to which compaction removed what it drops from the log.
+    pub async fn compacted_to(&self) -> Result<Revision> {
+        one(self.fetch(Q::MetaCompactedTo, &[]).await?, "koine_meta")
     }
 
     /// How many rows the log holds.
     pub async fn log_rows(&self) -> Result<u64> {
         Ok(one::<i64>(self.fetch(Q::LogCount, &[]).await?, "koine_log")? as u64)
+    }
+
+    /// A lease, if it exists.
+    pub async fn lease(&self, id: LeaseId) -> Result<Option<LeaseRow>> {
+        Ok(self.fetch(Q::LeaseGet, &[Arg::I64(id)]).await?.pop())
     }
 
     /// How many leases there are.
@@ -492,7 +506,6 @@ impl Db {
         for q in [
             Q::ImportStart,
             Q::ImportWipeLog,
-            Q::ImportWipeKv,
             Q::ImportWipeLease,
             Q::ImportWipeBatch,
             Q::ImportWipeTokens,
@@ -549,14 +562,6 @@ fn chunks<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
         start = end;
     }
     out
-}
-
-/// Arguments for the bounded and unbounded forms of a range query.
-fn range_args(range: &KeyRange) -> (bool, Vec<Arg<'_>>) {
-    match &range.end {
-        Some(end) => (true, vec![Arg::Bytes(&range.start), Arg::Bytes(end)]),
-        None => (false, vec![Arg::Bytes(&range.start)]),
-    }
 }
 
 impl DbTx {
@@ -626,12 +631,11 @@ impl DbTx {
         Ok(())
     }
 
-    /// Up to `limit` rows of the history up to `upto` as compaction to
-    /// `compact` leaves it, after position `(rev, sub)`, in order.
+    /// Up to `limit` log rows up to `upto` after position `(rev, sub)`, in
+    /// order.
     pub async fn hash_page(
         &mut self,
         upto: Revision,
-        compact: Revision,
         after: (Revision, i64),
         limit: i64,
     ) -> Result<Vec<HashedRow>> {
@@ -642,8 +646,6 @@ impl DbTx {
                 Arg::I64(after.0),
                 Arg::I64(after.0),
                 Arg::I64(after.1),
-                Arg::I64(compact),
-                Arg::I64(compact),
                 Arg::I64(limit),
             ],
         )
@@ -712,163 +714,6 @@ impl DbTx {
         Ok(())
     }
 
-    /// The live version of `key`, if any.
-    pub async fn get(&mut self, key: &[u8]) -> Result<Option<KeyValue>> {
-        Ok(self.fetch(Q::KvGet, &[Arg::Bytes(key)]).await?.pop())
-    }
-
-    /// The current versions of `keys` (distinct), in one statement per
-    /// `GET_MANY` keys; absent keys are left out. Statement sizes are
-    /// rounded up to a power of two (the list padded with its first key)
-    /// so that few distinct statements are prepared.
-    pub async fn get_many(&mut self, keys: &[Bytes]) -> Result<Vec<KeyValue>> {
-        let mut found = Vec::new();
-        for chunk in keys.chunks(GET_MANY) {
-            let size = chunk.len().next_power_of_two();
-            let mut args: Vec<Arg<'_>> = chunk.iter().map(|k| Arg::Bytes(k)).collect();
-            args.resize(size, Arg::Bytes(&chunk[0]));
-            let sql = self.q.many(Many::KvGetIn, size);
-            found.extend(
-                self.inner
-                    .fetch::<KeyValue>(&sql, &args, &*self.dialect)
-                    .await?,
-            );
-        }
-        Ok(found)
-    }
-
-    /// Live keys in `range`, ascending, at most `limit` (`None` = all).
-    pub async fn range_current(
-        &mut self,
-        range: &KeyRange,
-        limit: Option<i64>,
-    ) -> Result<Vec<KeyValue>> {
-        if range.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (bounded, mut args) = range_args(range);
-        args.push(Arg::I64(limit.unwrap_or(i64::MAX)));
-        let q = if bounded { Q::KvRange } else { Q::KvRangeOpen };
-        self.fetch(q, &args).await
-    }
-
-    pub async fn count_current(&mut self, range: &KeyRange) -> Result<i64> {
-        if range.is_empty() {
-            return Ok(0);
-        }
-        let (bounded, args) = range_args(range);
-        let q = if bounded { Q::KvCount } else { Q::KvCountOpen };
-        one(self.fetch(q, &args).await?, "count")
-    }
-
-    /// Keys live at `revision` in `range`, ascending, at most `limit`. Only
-    /// valid for revisions not below the physically compacted point.
-    ///
-    /// A key's state at R is its current version if that is not newer than
-    /// R; otherwise it changed after R, and its newest log row at or below
-    /// R says what it was. The second set is small for the recent pinned
-    /// revisions paginated lists use, so this is about as cheap as a
-    /// current read.
-    pub async fn range_at(
-        &mut self,
-        range: &KeyRange,
-        revision: Revision,
-        limit: Option<i64>,
-    ) -> Result<Vec<KeyValue>> {
-        if range.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (bounded, mut args) = range_args(range);
-        args.push(Arg::I64(revision));
-        args.push(Arg::I64(limit.unwrap_or(i64::MAX)));
-        let q = if bounded {
-            Q::KvUnchanged
-        } else {
-            Q::KvUnchangedOpen
-        };
-        let unchanged: Vec<KeyValue> = self.fetch(q, &args).await?;
-        let changed = self.changed_at(range, revision).await?;
-        // Merge two key-ordered, disjoint lists.
-        let mut out = Vec::with_capacity(unchanged.len() + changed.len());
-        let (mut a, mut b) = (
-            unchanged.into_iter().peekable(),
-            changed.into_iter().peekable(),
-        );
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x.key <= y.key => a.next(),
-                (Some(_), Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
-                (None, None) => break,
-            };
-            out.extend(next);
-            if limit.is_some_and(|n| out.len() as i64 >= n) {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// State at `revision` of the keys in `range` changed after it.
-    async fn changed_at(&mut self, range: &KeyRange, revision: Revision) -> Result<Vec<KeyValue>> {
-        let mut args = vec![Arg::I64(revision)];
-        args.extend(range_args(range).1);
-        args.push(Arg::I64(revision));
-        let q = if range.end.is_some() {
-            Q::LogChangedAt
-        } else {
-            Q::LogChangedAtOpen
-        };
-        self.fetch(q, &args).await
-    }
-
-    pub async fn count_at(&mut self, range: &KeyRange, revision: Revision) -> Result<i64> {
-        if range.is_empty() {
-            return Ok(0);
-        }
-        let (bounded, mut args) = range_args(range);
-        args.push(Arg::I64(revision));
-        let q = if bounded {
-            Q::KvUnchangedCount
-        } else {
-            Q::KvUnchangedCountOpen
-        };
-        let unchanged: i64 = one(self.fetch(q, &args).await?, "count")?;
-        Ok(unchanged + self.changed_at(range, revision).await?.len() as i64)
-    }
-
-    /// Writes many current-state rows in as few statements as the size
-    /// limits allow (keys must be distinct).
-    pub async fn upsert_many(&mut self, kvs: &[&KeyValue]) -> Result<()> {
-        for chunk in chunks(kvs, |kv| kv.key.len() + kv.value.len() + 48) {
-            let mut args = Vec::with_capacity(chunk.len() * 6);
-            for kv in chunk {
-                args.extend([
-                    Arg::Bytes(&kv.key),
-                    Arg::I64(kv.create_revision),
-                    Arg::I64(kv.mod_revision),
-                    Arg::I64(kv.version),
-                    Arg::I64(kv.lease),
-                    Arg::Bytes(&kv.value),
-                ]);
-            }
-            let sql = self.q.many(Many::KvUpsert, chunk.len());
-            self.inner.exec(&sql, &args, &*self.dialect).await?;
-        }
-        Ok(())
-    }
-
-    /// Deletes many current-state rows.
-    pub async fn delete_many(&mut self, keys: &[&Bytes]) -> Result<()> {
-        for chunk in chunks(keys, |k| k.len() + 8) {
-            let args: Vec<Arg<'_>> = chunk.iter().map(|k| Arg::Bytes(k)).collect();
-            let sql = self.q.many(Many::KvDelete, chunk.len());
-            self.inner.exec(&sql, &args, &*self.dialect).await?;
-        }
-        Ok(())
-    }
-
     /// Appends rows to the log in as few statements as the size limits allow.
     pub async fn append_log(&mut self, rows: &[LogRow]) -> Result<()> {
         for chunk in chunks(rows, |r| r.kv.key.len() + r.kv.value.len() + 64) {
@@ -886,17 +731,25 @@ impl DbTx {
                     Arg::I64(r.prev_revision),
                 ]);
             }
-            let sql = self.q.many(Many::LogInsert, chunk.len());
+            let sql = self.q.many(Many::Insert, chunk.len());
             self.inner.exec(&sql, &args, &*self.dialect).await?;
         }
         Ok(())
     }
 
-    /// Changes with revision in `(after, upto]`, in order, each with the
-    /// version it replaced (while compaction has not removed it).
-    pub async fn changes(&mut self, after: Revision, upto: Revision) -> Result<Vec<LoggedChange>> {
-        self.fetch(Q::LogChanges, &[Arg::I64(after), Arg::I64(upto)])
-            .await
+    /// The values at `revs` (distinct), read inside this transaction;
+    /// positions compaction removed are left out.
+    pub async fn values(&mut self, revs: &[Rev]) -> Result<Vec<(Rev, Bytes)>> {
+        let mut out = Vec::with_capacity(revs.len());
+        for chunk in revs.chunks(BY_POSITION) {
+            let sql = self.q.many(Many::Values, chunk.len());
+            let rows: Vec<Valued> = self
+                .inner
+                .fetch(&sql, &position_args(chunk), &*self.dialect)
+                .await?;
+            out.extend(rows.into_iter().map(|Valued(r, v)| (r, v)));
+        }
+        Ok(out)
     }
 
     pub async fn lease_get(&mut self, id: LeaseId) -> Result<Option<LeaseRow>> {
@@ -937,47 +790,48 @@ impl DbTx {
         Ok(())
     }
 
-    /// Live keys attached to a lease, ascending.
-    pub async fn keys_with_lease(&mut self, id: LeaseId) -> Result<Vec<KeyValue>> {
-        self.fetch(Q::KvByLease, &[Arg::I64(id)]).await
+    /// Deletes the changes of the given keys made at the given revisions
+    /// (found by revision, then key among that revision's rows).
+    pub async fn delete_versions(&mut self, versions: &[(Revision, &[u8])]) -> Result<u64> {
+        let mut removed = 0;
+        for chunk in versions.chunks(BY_POSITION) {
+            let sql = self.q.many(Many::DeleteVersions, chunk.len());
+            let args: Vec<Arg<'_>> = chunk
+                .iter()
+                .flat_map(|(rev, key)| [Arg::I64(*rev), Arg::Bytes(key)])
+                .collect();
+            removed += self.inner.exec(&sql, &args, &*self.dialect).await?;
+        }
+        Ok(removed)
     }
 
-    /// Deletes log rows made unreachable by a compaction at `compact`, for
-    /// revisions in `[from, to)`. Returns the number of rows removed.
-    pub async fn compact_step(
-        &mut self,
-        compact: Revision,
-        from: Revision,
-        to: Revision,
-    ) -> Result<u64> {
-        let superseded = self
-            .exec(
-                Q::LogCompactSuperseded,
-                &[Arg::I64(from), Arg::I64(to), Arg::I64(compact)],
-            )
-            .await?;
-        // Before the tombstones go: they are what supersedes older rows.
-        let older = self
-            .exec(
-                Q::LogCompactOlder,
-                &[
-                    Arg::I64(from),
-                    Arg::I64(from),
-                    Arg::I64(to),
-                    Arg::I64(compact),
-                ],
-            )
-            .await?;
-        let tombstones = self
-            .exec(
-                Q::LogCompactTombstones,
-                &[Arg::I64(from), Arg::I64(to), Arg::I64(compact)],
-            )
-            .await?;
+    /// Deletes every log row with revision in `[from, to]`.
+    pub async fn delete_span(&mut self, from: Revision, to: Revision) -> Result<u64> {
+        self.exec(Q::LogDeleteSpan, &[Arg::I64(from), Arg::I64(to)])
+            .await
+    }
+
+    /// Deletes the log rows at `revs` (compaction removing what no read
+    /// can reach). Returns the number of rows removed.
+    pub async fn delete_rows(&mut self, revs: &[Rev]) -> Result<u64> {
+        let mut removed = 0;
+        for chunk in revs.chunks(BY_POSITION) {
+            let sql = self.q.many(Many::Delete, chunk.len());
+            removed += self
+                .inner
+                .exec(&sql, &position_args(chunk), &*self.dialect)
+                .await?;
+        }
+        Ok(removed)
+    }
+
+    /// Records that the log holds no row compaction to `compact` removes
+    /// up to `revision`, and forgets the batches below `compact`.
+    pub async fn set_compacted_to(&mut self, revision: Revision, compact: Revision) -> Result<()> {
         self.exec(Q::BatchPrune, &[Arg::I64(compact)]).await?;
-        self.exec(Q::MetaSetCompactedTo, &[Arg::I64(to - 1)])
+        self.exec(Q::MetaSetCompactedTo, &[Arg::I64(revision)])
             .await?;
-        Ok(superseded + older + tombstones)
+        Ok(())
     }
 
     /// `koine import`'s last step: the store's revisions (the log is

@@ -26,25 +26,11 @@ pub const SQL: DialectSql = DialectSql {
     begin_read: "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
     now_ms: "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
     lock_meta: " FOR UPDATE",
-    kv_upsert: "ON DUPLICATE KEY UPDATE create_revision = VALUES(create_revision), \
-        mod_revision = VALUES(mod_revision), version = VALUES(version), \
-        lease = VALUES(lease), value = VALUES(value)",
-    // MySQL cannot name the table being deleted from in a subquery.
-    compact_superseded: "DELETE l FROM koine_log l JOIN koine_log n ON n.k = l.k \
-        AND n.revision > l.revision WHERE l.revision >= ? AND l.revision < ? \
-        AND n.revision <= ?",
-    // MySQL cannot name the table it deletes from in a subquery: a join.
-    compact_older: "DELETE o FROM koine_log o JOIN koine_log n ON n.k = o.k \
-        WHERE o.revision < ? AND n.revision >= ? AND n.revision < ? AND n.revision <= ?",
-    defragment: "OPTIMIZE TABLE koine_log, koine_kv, koine_batch, koine_lease, koine_auth_token",
+    defragment: "OPTIMIZE TABLE koine_log, koine_batch, koine_lease, koine_auth_token",
     db_size: "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS SIGNED) \
         FROM information_schema.tables WHERE table_schema = DATABASE()",
     notify: None,
-    // The key column is VARBINARY(3000): InnoDB indexes at most 3072
-    // bytes, and (k, revision) is an index.
-    max_key_bytes: Some(3000),
     poll_interval: std::time::Duration::from_millis(25),
-    joined_current_reads: false,
     sole_writer: false,
 };
 

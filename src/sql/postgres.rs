@@ -26,17 +26,10 @@ pub const SQL: DialectSql = DialectSql {
     begin_read: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
     now_ms: "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
     lock_meta: " FOR UPDATE",
-    kv_upsert: dialect::ON_CONFLICT_UPSERT,
-    compact_superseded: dialect::COMPACT_SUPERSEDED_EXISTS,
-    compact_older: dialect::COMPACT_OLDER_IN,
-    defragment: "VACUUM FULL koine_log, koine_kv, koine_batch, koine_lease, koine_auth_token",
+    defragment: "VACUUM FULL koine_log, koine_batch, koine_lease, koine_auth_token",
     db_size: "SELECT CAST(pg_database_size(current_database()) AS BIGINT)",
     notify: Some("SELECT pg_notify('koine_revision', CAST(CAST(? AS BIGINT) AS TEXT))"),
-    // A B-tree index row holds at most ~2700 bytes (a third of a page);
-    // random keys do not compress, so 2048 leaves room for the revision.
-    max_key_bytes: Some(2048),
     poll_interval: std::time::Duration::from_millis(100),
-    joined_current_reads: true,
     sole_writer: false,
 };
 

@@ -23,7 +23,6 @@ pub enum Q {
     LogCount,
     LeaseCount,
     ImportWipeLog,
-    ImportWipeKv,
     ImportWipeLease,
     ImportWipeBatch,
     ImportWipeTokens,
@@ -31,22 +30,9 @@ pub enum Q {
     ImportStart,
     ImportFinish,
     ClusterId,
-    KvGet,
-    KvRange,
-    KvRangeOpen,
-    KvCount,
-    KvCountOpen,
-    KvUnchanged,
-    KvUnchangedOpen,
-    KvUnchangedCount,
-    KvUnchangedCountOpen,
-    LogChangedAt,
-    LogChangedAtOpen,
-    KvByLease,
     LogChanges,
-    LogCompactSuperseded,
-    LogCompactOlder,
-    LogCompactTombstones,
+    LogScan,
+    LogDeleteSpan,
     LeaseGet,
     LeaseList,
     LeaseExpired,
@@ -55,9 +41,6 @@ pub enum Q {
     LeaseDelete,
     DbSize,
     Notify,
-    KvRangeWithMeta,
-    KvRangeWithMetaOpen,
-    KvGetWithMeta,
     AuthRead,
     AuthRevision,
     MetaAndAuthStamp,
@@ -74,8 +57,6 @@ pub enum Q {
     AlarmDelete,
 }
 
-const KV_FIELDS: &str = "k, create_revision, mod_revision, version, lease, value";
-
 /// Rendered statements for one database.
 pub struct Queries {
     sql: &'static DialectSql,
@@ -84,13 +65,13 @@ pub struct Queries {
     log_inserts: Mutex<HashMap<(Many, usize), Arc<str>>>,
 }
 
-/// Statements rendered per row count.
+/// Statements on the log rendered per row count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Many {
-    LogInsert,
-    KvUpsert,
-    KvDelete,
-    KvGetIn,
+    Insert,
+    Values,
+    Delete,
+    DeleteVersions,
 }
 
 impl Queries {
@@ -98,38 +79,9 @@ impl Queries {
         let DialectSql {
             now_ms,
             lock_meta,
-            compact_superseded,
-            compact_older,
             db_size,
             ..
         } = *sql;
-        // A read at revision R (see `DbTx::range_at`): keys not changed
-        // since R come from the current-state table...
-        let unchanged = |bounded: bool, count: bool| {
-            let select = if count {
-                "SELECT COUNT(*)".to_string()
-            } else {
-                format!("SELECT {KV_FIELDS}")
-            };
-            let end = if bounded { " AND k < ?" } else { "" };
-            let tail = if count { "" } else { " ORDER BY k LIMIT ?" };
-            format!("{select} FROM koine_kv WHERE k >= ?{end} AND mod_revision <= ?{tail}")
-        };
-        // ...and keys changed after R from the log: their newest row at or
-        // below R, unless it is a deletion.
-        let changed = |bounded: bool| {
-            let end = if bounded { " AND c.k < ?" } else { "" };
-            // Driven by the distinct changed keys, each resolved through the
-            // (k, revision) index, never by a scan of the whole log.
-            format!(
-                "SELECT l.k, l.create_revision, l.revision, l.version, l.lease, l.value \
-                 FROM (SELECT DISTINCT c.k AS ck FROM koine_log c \
-                 WHERE c.revision > ? AND c.k >= ?{end}) ch \
-                 JOIN koine_log l ON l.k = ch.ck AND l.revision = \
-                 (SELECT MAX(x.revision) FROM koine_log x WHERE x.k = ch.ck AND x.revision <= ?) \
-                 WHERE l.deleted = 0 ORDER BY l.k"
-            )
-        };
         let mut texts: Vec<(Q, String)> = vec![
             (
                 Q::MetaLock,
@@ -176,7 +128,6 @@ impl Queries {
             (Q::LogCount, "SELECT COUNT(*) FROM koine_log".into()),
             (Q::LeaseCount, "SELECT COUNT(*) FROM koine_lease".into()),
             (Q::ImportWipeLog, "DELETE FROM koine_log".into()),
-            (Q::ImportWipeKv, "DELETE FROM koine_kv".into()),
             (Q::ImportWipeLease, "DELETE FROM koine_lease".into()),
             (Q::ImportWipeBatch, "DELETE FROM koine_batch".into()),
             (Q::ImportWipeTokens, "DELETE FROM koine_auth_token".into()),
@@ -198,75 +149,24 @@ impl Queries {
                 "SELECT cluster_id FROM koine_meta WHERE id = 1".into(),
             ),
             (
-                Q::KvGet,
-                format!("SELECT {KV_FIELDS} FROM koine_kv WHERE k = ?"),
-            ),
-            (
-                Q::KvRange,
-                format!(
-                    "SELECT {KV_FIELDS} FROM koine_kv WHERE k >= ? AND k < ? ORDER BY k LIMIT ?"
-                ),
-            ),
-            (
-                Q::KvRangeOpen,
-                format!("SELECT {KV_FIELDS} FROM koine_kv WHERE k >= ? ORDER BY k LIMIT ?"),
-            ),
-            (
-                Q::KvCount,
-                "SELECT COUNT(*) FROM koine_kv WHERE k >= ? AND k < ?".into(),
-            ),
-            (
-                Q::KvCountOpen,
-                "SELECT COUNT(*) FROM koine_kv WHERE k >= ?".into(),
-            ),
-            (
-                Q::KvRangeWithMeta,
-                "SELECT m.revision, m.compact_revision, kv.k, kv.create_revision, kv.mod_revision, \
-                 kv.version, kv.lease, kv.value FROM koine_meta m LEFT JOIN koine_kv kv \
-                 ON kv.k >= ? AND kv.k < ? WHERE m.id = 1 ORDER BY kv.k LIMIT ?"
-                    .into(),
-            ),
-            (
-                Q::KvRangeWithMetaOpen,
-                "SELECT m.revision, m.compact_revision, kv.k, kv.create_revision, kv.mod_revision, \
-                 kv.version, kv.lease, kv.value FROM koine_meta m LEFT JOIN koine_kv kv \
-                 ON kv.k >= ? WHERE m.id = 1 ORDER BY kv.k LIMIT ?"
-                    .into(),
-            ),
-            // One key: no ORDER BY, so MySQL too reads it in one statement
-            // (one read view for both rows) without a temporary table.
-            (
-                Q::KvGetWithMeta,
-                "SELECT m.revision, m.compact_revision, kv.k, kv.create_revision, kv.mod_revision, \
-                 kv.version, kv.lease, kv.value FROM koine_meta m LEFT JOIN koine_kv kv \
-                 ON kv.k = ? WHERE m.id = 1"
-                    .into(),
-            ),
-            (Q::KvUnchanged, unchanged(true, false)),
-            (Q::KvUnchangedOpen, unchanged(false, false)),
-            (Q::KvUnchangedCount, unchanged(true, true)),
-            (Q::KvUnchangedCountOpen, unchanged(false, true)),
-            (Q::LogChangedAt, changed(true)),
-            (Q::LogChangedAtOpen, changed(false)),
-            (
-                Q::KvByLease,
-                format!("SELECT {KV_FIELDS} FROM koine_kv WHERE lease = ? ORDER BY k"),
-            ),
-            (
                 Q::LogChanges,
-                "SELECT l.revision, l.sub, l.k, l.create_revision, l.version, l.lease, \
-                 l.value, l.deleted, l.prev_revision, p.create_revision, p.revision, \
-                 p.version, p.lease, p.value FROM koine_log l LEFT JOIN koine_log p \
-                 ON p.k = l.k AND p.revision = l.prev_revision AND l.prev_revision > 0 \
-                 WHERE l.revision > ? AND l.revision <= ? ORDER BY l.revision, l.sub"
+                "SELECT revision, sub, k, create_revision, version, lease, value, deleted, \
+                 prev_revision, (SELECT compact_revision FROM koine_meta WHERE id = 1), \
+                 (SELECT compacted_to FROM koine_meta WHERE id = 1) \
+                 FROM koine_log WHERE revision > ? AND revision <= ? ORDER BY revision, sub"
                     .into(),
             ),
-            (Q::LogCompactSuperseded, compact_superseded.into()),
-            (Q::LogCompactOlder, compact_older.into()),
             (
-                Q::LogCompactTombstones,
-                "DELETE FROM koine_log WHERE revision >= ? AND revision < ? AND deleted = 1 \
-                 AND revision <= ?"
+                Q::LogDeleteSpan,
+                "DELETE FROM koine_log WHERE revision >= ? AND revision <= ?".into(),
+            ),
+            (
+                // The same without values: what the key index is built
+                // from, and what compaction looks at.
+                Q::LogScan,
+                "SELECT revision, sub, k, create_revision, version, lease, deleted, \
+                 prev_revision FROM koine_log WHERE revision > ? AND revision <= ? \
+                 ORDER BY revision, sub"
                     .into(),
             ),
             (
@@ -345,17 +245,13 @@ impl Queries {
             (Q::TokenDeleteAll, "DELETE FROM koine_auth_token".into()),
             (
                 // The history a hash covers, in (revision, sub) order from
-                // a position on: every row above the compact revision, and
-                // at or below it only each key's newest live row (what
-                // compaction keeps), whether or not physical compaction
-                // has removed the others yet.
+                // a position on (the caller sees to it that compaction has
+                // removed what it drops from the log first).
                 Q::LogHashPage,
-                "SELECT l.revision, l.sub, l.k, l.create_revision, l.version, l.lease, l.value, \
-                 l.deleted FROM koine_log l WHERE l.revision <= ? \
-                 AND (l.revision > ? OR (l.revision = ? AND l.sub > ?)) \
-                 AND (l.revision > ? OR (l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM koine_log x \
-                 WHERE x.k = l.k AND x.revision > l.revision AND x.revision <= ?))) \
-                 ORDER BY l.revision, l.sub LIMIT ?"
+                "SELECT revision, sub, k, create_revision, version, lease, value, deleted \
+                 FROM koine_log WHERE revision <= ? \
+                 AND (revision > ? OR (revision = ? AND sub > ?)) \
+                 ORDER BY revision, sub LIMIT ?"
                     .into(),
             ),
             (
@@ -401,23 +297,22 @@ impl Queries {
             .entry((kind, rows))
             .or_insert_with(|| {
                 let sql = match kind {
-                    Many::LogInsert => format!(
+                    Many::Insert => format!(
                         "INSERT INTO koine_log (revision, sub, k, create_revision, version, lease, \
                          value, deleted, prev_revision) VALUES {}",
                         vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ")
                     ),
-                    Many::KvUpsert => {
-                        let values = vec!["(?, ?, ?, ?, ?, ?)"; rows].join(", ");
-                        let update = self.sql.kv_upsert;
-                        format!("INSERT INTO koine_kv ({KV_FIELDS}) VALUES {values} {update}")
-                    }
-                    Many::KvDelete => format!(
-                        "DELETE FROM koine_kv WHERE k IN ({})",
-                        vec!["?"; rows].join(", ")
+                    Many::Values => format!(
+                        "SELECT revision, sub, value FROM koine_log WHERE {}",
+                        vec!["(revision = ? AND sub = ?)"; rows].join(" OR ")
                     ),
-                    Many::KvGetIn => format!(
-                        "SELECT {KV_FIELDS} FROM koine_kv WHERE k IN ({})",
-                        vec!["?"; rows].join(", ")
+                    Many::Delete => format!(
+                        "DELETE FROM koine_log WHERE {}",
+                        vec!["(revision = ? AND sub = ?)"; rows].join(" OR ")
+                    ),
+                    Many::DeleteVersions => format!(
+                        "DELETE FROM koine_log WHERE {}",
+                        vec!["(revision = ? AND k = ?)"; rows].join(" OR ")
                     ),
                 };
                 render(self.sql, &sql).into()

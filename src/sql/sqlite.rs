@@ -26,16 +26,10 @@ pub const SQL: DialectSql = DialectSql {
     now_ms: "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
     // BEGIN IMMEDIATE already holds the database's single write lock.
     lock_meta: "",
-    kv_upsert: dialect::ON_CONFLICT_UPSERT,
-    compact_superseded: dialect::COMPACT_SUPERSEDED_EXISTS,
-    compact_older: dialect::COMPACT_OLDER_IN,
     defragment: "VACUUM; PRAGMA wal_checkpoint(TRUNCATE)",
     db_size: "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
     notify: None,
-    // Keys are BLOBs with no size limit of their own.
-    max_key_bytes: None,
     poll_interval: std::time::Duration::from_millis(100),
-    joined_current_reads: true,
     sole_writer: true,
 };
 

@@ -525,14 +525,47 @@ async fn sql(dsn: &str, statements: &[String]) {
     }
 }
 
-/// A database compacted by a build before the compaction fix: a key the
-/// first compaction kept, deleted and compacted past, kept its old row
-/// (a read at a revision before its re-creation saw it live), and a key
-/// kept then updated kept its superseded row. The schema migration that
-/// comes with the fix removes both once, and nothing else of a history
-/// with leases, Txns, range deletes and two more compactions: afterwards
-/// every revision, and HashKV, answer as on a database this build
-/// compacted.
+/// What an earlier release's schema adds to this one's: the current-state
+/// table `koine_kv` (filled with each key's newest live version, as that
+/// release kept it) and the log's `(k, revision)` index, as SQL for
+/// `kind`'s database.
+fn earlier_schema(kind: &str) -> Vec<String> {
+    let (blob, int, table_end) = match kind {
+        "postgres" => ("BYTEA", "BIGINT", ""),
+        "mysql" => ("VARBINARY(3000)", "BIGINT", " ENGINE = InnoDB"),
+        _ => ("BLOB", "INTEGER", " WITHOUT ROWID"),
+    };
+    let value = if kind == "mysql" { "LONGBLOB" } else { blob };
+    let mut out = vec![
+        format!(
+            "CREATE TABLE koine_kv (k {blob} NOT NULL PRIMARY KEY, create_revision {int} NOT NULL, \
+             mod_revision {int} NOT NULL, version {int} NOT NULL, lease {int} NOT NULL, \
+             value {value} NOT NULL){table_end}"
+        ),
+        "INSERT INTO koine_kv (k, create_revision, mod_revision, version, lease, value) \
+         SELECT l.k, l.create_revision, l.revision, l.version, l.lease, l.value FROM koine_log l \
+         WHERE l.deleted = 0 AND l.revision = (SELECT MAX(x.revision) FROM koine_log x WHERE x.k = l.k)"
+            .to_string(),
+    ];
+    out.push(match kind {
+        "mysql" => "ALTER TABLE koine_log MODIFY k VARBINARY(3000) NOT NULL, \
+                    ADD INDEX koine_log_key (k, revision)"
+            .into(),
+        _ => "CREATE INDEX koine_log_key ON koine_log (k, revision)".into(),
+    });
+    out
+}
+
+/// Upgrade in place, from a database an earlier release wrote: its schema
+/// (the current-state table and the log's key index, put back by SQL:
+/// `earlier_schema`), and, from a build before the compaction fix, what
+/// its compaction left: a key the first compaction kept, deleted and
+/// compacted past, kept its old row (a read at a revision before its
+/// re-creation saw it live), and a key kept then updated kept its
+/// superseded row. This build's migrations repair the history, then drop
+/// what the in-memory index replaces; afterwards every revision, every
+/// lease and HashKV answer as before, over a history with leases, Txns,
+/// range deletes and two more compactions.
 async fn upgrade_repairs_compacted_history(kind: &str) {
     let dir = tempfile::tempdir().unwrap();
     let dsn = target_dsn(kind, &dir).await;
@@ -551,6 +584,7 @@ async fn upgrade_repairs_compacted_history(kind: &str) {
     write_history(&mut c).await;
     c.put("/gone", "back", None).await.unwrap();
     let want = history(&mut c).await;
+    let want_leases = leases(&mut c).await;
     let hash = c.hash_kv(0).await.unwrap();
     let (want_hash, compacted) = (hash.hash(), hash.compact_version());
     assert!(
@@ -579,20 +613,20 @@ async fn upgrade_repairs_compacted_history(kind: &str) {
             blob(value)
         )
     };
-    let repair = if kind == "sqlite" { 6 } else { 5 };
-    sql(
-        &dsn,
-        &[
-            row(gone, "/gone", "g"),
-            row(kept, "/kept", "k1"),
-            format!("DELETE FROM _sqlx_migrations WHERE version = {repair}"),
-        ],
-    )
-    .await;
+    // The repair migration, and the one that drops the earlier schema.
+    let (repair, log_only) = if kind == "sqlite" { (6, 7) } else { (5, 6) };
+    let mut statements = earlier_schema(kind);
+    statements.extend([
+        row(gone, "/gone", "g"),
+        row(kept, "/kept", "k1"),
+        format!("DELETE FROM _sqlx_migrations WHERE version IN ({repair}, {log_only})"),
+    ]);
+    sql(&dsn, &statements).await;
 
     let koine = Koine::start_on(&dsn, &[]).await;
     let mut c = connect(&koine.endpoint).await;
     assert_eq!(history(&mut c).await, want);
+    assert_eq!(leases(&mut c).await, want_leases);
     assert_eq!(c.hash_kv(0).await.unwrap().hash(), want_hash);
 }
 
