@@ -10,9 +10,11 @@
 #
 # Backends: sqlite (one Koine), postgres and mysql (three Koine on one
 # throwaway PostgreSQL / MariaDB server, which the program starts, kills
-# and freezes itself); default: all three, one after another. Reports go to
-# target/conformance/results/robustness-<backend>.json. The exit status is
-# non-zero if any run failed.
+# and freezes itself, run twice: clients reading through the instance they
+# write through, then through another one); default: all three, one after
+# another. Reports go to target/conformance/results/robustness-<backend>.json
+# (-cross.json for the second run). The exit status is non-zero if any run
+# failed.
 #
 # Environment: KOINE_BIN (default target/debug/koine, built if missing).
 set -euo pipefail
@@ -53,5 +55,11 @@ for b in "${backends[@]}"; do
     "$OUT/bin/robustness" -backend "$b" -instances "$instances" -duration "$duration" \
         -koine-bin "$KOINE_BIN" -report "$OUT/results/robustness-$b.json" \
         ${extra[@]+"${extra[@]}"} || rc=1
+    if [ "$instances" -gt 1 ]; then
+        log "robustness: $b, $instances instance(s), reads through another instance, $duration"
+        "$OUT/bin/robustness" -backend "$b" -instances "$instances" -duration "$duration" \
+            -cross-reads -koine-bin "$KOINE_BIN" -report "$OUT/results/robustness-$b-cross.json" \
+            ${extra[@]+"${extra[@]}"} || rc=1
+    fi
 done
 exit $rc

@@ -49,6 +49,7 @@ type options struct {
 	selfTest     bool
 	checkTimeout time.Duration
 	pause        time.Duration
+	crossReads   bool
 	checkHistory string
 }
 
@@ -69,6 +70,7 @@ func main() {
 	flag.BoolVar(&o.selfTest, "self-test", false, "perturb one recorded read and drop one watch event: the checks must fail")
 	flag.DurationVar(&o.checkTimeout, "check-timeout", 2*time.Minute, "porcupine's time limit (beyond it the result is unknown: a failure)")
 	flag.DurationVar(&o.pause, "pause", 0, "pause of each client between operations")
+	flag.BoolVar(&o.crossReads, "cross-reads", false, "each client reads through another instance than the one it writes through")
 	flag.StringVar(&o.checkHistory, "check-history", "", "run nothing: check the history.json of an earlier run")
 	flag.Parse()
 	os.Exit(run(&o))
@@ -79,6 +81,7 @@ type report struct {
 	Pass            bool           `json:"pass"`
 	Backend         string         `json:"backend"`
 	Instances       int            `json:"instances"`
+	CrossReads      bool           `json:"cross_reads,omitempty"`
 	Clients         int            `json:"clients"`
 	Keys            int            `json:"keys"`
 	Seed            int64          `json:"seed"`
@@ -156,7 +159,7 @@ func run(o *options) int {
 	ctx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stopSignals()
 
-	rep := &report{Backend: o.backend, Instances: o.instances, Clients: o.clients, Keys: o.keys,
+	rep := &report{Backend: o.backend, Instances: o.instances, CrossReads: o.crossReads, Clients: o.clients, Keys: o.keys,
 		Seed: o.seed, Duration: o.duration.String(), SelfTest: o.selfTest, WorkDir: runDir}
 	an := &anomalies{}
 	logf := func(format string, args ...interface{}) {
@@ -281,7 +284,13 @@ func execute(ctx context.Context, o *options, runDir string, rep *report, an *an
 		if err != nil {
 			return nil, nil, err
 		}
-		tcs = append(tcs, newTrafficClient(i, in, cl, o.seed+int64(i)+1, keys, keyPrefix, clock))
+		readCl := cl
+		if o.crossReads && len(c.instances) > 1 {
+			if readCl, err = newCli(c.instances[(i+1)%len(c.instances)]); err != nil {
+				return nil, nil, err
+			}
+		}
+		tcs = append(tcs, newTrafficClient(i, in, cl, readCl, o.seed+int64(i)+1, keys, keyPrefix, clock))
 	}
 	loadEnd := start.Add(o.duration)
 	loadCtx, stopLoad := context.WithDeadline(ctx, loadEnd)

@@ -36,6 +36,10 @@ type trafficClient struct {
 	id   int
 	inst *instance
 	cli  *clientv3.Client
+	// Gets and lists go here: cli, or with -cross-reads a client of
+	// another instance, so that what a client wrote on one instance is
+	// read back through another.
+	readCli *clientv3.Client
 	// Raw: clientv3's Lease API retries a Revoke whose answer was lost,
 	// which would turn "revoked" into "not found". Calls wait for a
 	// connection, as clientv3's own do (grpc.WaitForReady).
@@ -57,9 +61,9 @@ type trafficClient struct {
 	ops []*record
 }
 
-func newTrafficClient(id int, inst *instance, cli *clientv3.Client, seed int64, keys []string, prefix string, clock func() int64) *trafficClient {
+func newTrafficClient(id int, inst *instance, cli, readCli *clientv3.Client, seed int64, keys []string, prefix string, clock func() int64) *trafficClient {
 	return &trafficClient{
-		id: id, inst: inst, cli: cli,
+		id: id, inst: inst, cli: cli, readCli: readCli,
 		leaseCli: pb.NewLeaseClient(cli.ActiveConnection()),
 		rng:      rand.New(rand.NewSource(seed)),
 		keys:     keys, prefix: prefix, clock: clock,
@@ -174,7 +178,7 @@ func toKV(k interface {
 
 func (c *trafficClient) get(key int) *record {
 	r := c.do(opInput{Kind: opGet, Key: key}, func(ctx context.Context) (opOutput, error) {
-		resp, err := c.cli.Get(ctx, c.keys[key])
+		resp, err := c.readCli.Get(ctx, c.keys[key])
 		if err != nil {
 			return opOutput{}, err
 		}
@@ -195,7 +199,7 @@ func (c *trafficClient) get(key int) *record {
 
 func (c *trafficClient) list() *record {
 	r := c.do(opInput{Kind: opList}, func(ctx context.Context) (opOutput, error) {
-		return listKeys(ctx, c.cli, c.prefix, c.keys)
+		return listKeys(ctx, c.readCli, c.prefix, c.keys)
 	})
 	if r.Output.Status == statusOK {
 		for i, k := range r.Output.List {
