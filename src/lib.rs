@@ -10,8 +10,8 @@
 //! data model every layer uses.
 //!
 //! The crate's interface is [`run`], [`config`], [`proto`], [`bench`],
-//! [`import`] and [`shutdown_signal`];
-//! everything else is private to it.
+//! [`import`] and [`shutdown_signal`] (and a hidden `fuzzing` entry for the
+//! cargo-fuzz targets in `fuzz/`); everything else is private to it.
 
 mod alarm;
 mod auth;
@@ -44,6 +44,21 @@ use proto::etcdserverpb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use server::{Identity, Limits, Shared};
+
+/// Entry points for the cargo-fuzz targets in `fuzz/`; not an interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Reads `bytes` as an etcd snapshot file the way `koine import
+    /// --from-snapshot` does (opened without requiring its checksum, then
+    /// checked whole), from a temporary file.
+    pub fn read_snapshot(bytes: &[u8]) -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("snapshot.db");
+        std::fs::write(&path, bytes)?;
+        crate::snapshot::EtcdSnapshot::open(&path, true)?.verify()?;
+        Ok(())
+    }
+}
 
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
