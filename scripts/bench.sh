@@ -11,7 +11,10 @@
 # history of N*H revisions, H = 10 capped at 2M revisions), then measured:
 # the load itself (puts/s), get and create at 16 clients, a paginated list
 # of one 1,000-key namespace at 16 clients, physical compaction of the whole
-# history (revisions/s), 1,000 watchers on the loaded server, and RSS. Writes
+# history (revisions/s), 1,000 watchers on the loaded server, and RSS; then
+# the server is stopped (SIGTERM) and started again on the same data, and
+# the time until it answers a read (Koine: its key index rebuilt from the
+# log) and its RSS then are recorded. Writes
 # docs/scale.md and docs/scale.png (matplotlib, installed into a venv under
 # target/ from PyPI on first use).
 #
@@ -111,6 +114,20 @@ up() {
     return 1
 }
 
+# restart KIND PORT [ENDPOINT]: stops the server (SIGTERM, as a service
+# manager would) and starts it again on the same data and port; prints
+# the seconds until it answered a read.
+restart() {
+    local t0 t1
+    kill -TERM "${SERVERS[0]}"
+    wait "${SERVERS[0]}" 2>/dev/null || true
+    SERVERS=()
+    t0=$(date +%s.%N)
+    start "$@"
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+
 # start KIND PORT [ENDPOINT]: one server; its pid in SERVERS.
 start() {
     local kind=$1 port=$2 ep=${3:-} peer
@@ -162,16 +179,17 @@ bench() {
 # scale TARGET: the --scale measurements of one target, a fresh server per
 # size.
 scale() {
-    local t=$1 keys history port
+    local t=$1 keys history port server secs
     for keys in $SCALE; do
         history=$((2000000 / keys))
         history=$((history > 10 ? 10 : history < 1 ? 1 : history))
         port=$(free_port)
         log "$t, $keys keys x $history"
         case $t in
-            etcd-*) start "$t" "$port" ;;
-            *) start "${t%%-*}" "$port" "$(endpoint "$t")" ;;
+            etcd-*) server=("$t" "$port") ;;
+            *) server=("${t%%-*}" "$port" "$(endpoint "$t")") ;;
         esac
+        start "${server[@]}"
         local args=(--keys "$keys" --history "$history" --value-size 256 --list-keys 1000)
         bench "$t@$keys" "$port" load 1 "${args[@]}"
         bench "$t@$keys" "$port" get 16 "${args[@]}"
@@ -180,6 +198,8 @@ scale() {
         bench "$t@$keys" "$port" compact 1 "${args[@]}"
         bench "$t@$keys" "$port" watch 1 "${args[@]}" --watchers 1000 --watch-rate 20
         echo "{\"label\":\"$t@$keys\",\"workload\":\"rss\",\"after_mib\":$(rss "${SERVERS[0]}")}" >>"$RESULTS"
+        secs=$(restart "${server[@]}")
+        echo "{\"label\":\"$t@$keys\",\"workload\":\"restart\",\"seconds\":$secs,\"after_mib\":$(rss "${SERVERS[0]}")}" >>"$RESULTS"
         stop_servers
     done
 }

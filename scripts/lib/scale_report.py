@@ -32,7 +32,7 @@ WORKLOADS = [
 def main():
     rows = load(sys.argv[1])
     dur, png = sys.argv[2], sys.argv[3]
-    by, rss, targets, sizes = {}, {}, [], set()
+    by, rss, restart, targets, sizes = {}, {}, {}, [], set()
     for r in rows:
         target, _, keys = r["label"].partition("@")
         keys = int(keys)
@@ -41,6 +41,8 @@ def main():
             targets.append(target)
         if r["workload"] == "rss":
             rss[(target, keys)] = r["after_mib"]
+        elif r["workload"] == "restart":
+            restart[(target, keys)] = r
         elif not r.get("failed"):
             by[(target, keys, r["workload"])] = r
     sizes = sorted(sizes)
@@ -56,7 +58,9 @@ def main():
           " checked): get and create at 16 clients, a paginated list (limit 500, pinned"
           " revision) of the first 1,000 keys as one namespace, physical compaction of the"
           " whole history to the current revision, and 1,000 watchers receiving 20 puts/s."
-          " RSS is read after all of it. Databases as in benchmarks.md.\n")
+          " RSS is read after all of it. Then the server is stopped (SIGTERM) and started"
+          " again on the same data: the time until it answers a read (Koine builds its key"
+          " index from the log first) and its RSS then. Databases as in benchmarks.md.\n")
     print(f"![throughput and p99 against keys]({os.path.basename(png)})\n")
     for w, unit, title in WORKLOADS:
         heading = {"watch": "p50 / p99 ms", "load": f"{unit}, time", "compact": f"{unit}, time"}
@@ -83,6 +87,13 @@ def main():
     for n in sizes:
         print(f"| {n:,} | " + " | ".join(
             f"{rss[(t, n)]:.0f}" if (t, n) in rss else "—" for t in targets) + " |")
+    print("\n## Restart on the loaded data: seconds until a read answers, RSS then (MiB)\n")
+    print("| keys | " + " | ".join(targets) + " |")
+    print("|---|" + "---|" * len(targets))
+    for n in sizes:
+        print(f"| {n:,} | " + " | ".join(
+            f"{restart[(t, n)]['seconds']:.2f} s, {restart[(t, n)]['after_mib']:.0f}"
+            if (t, n) in restart else "—" for t in targets) + " |")
 
     fig, axes = plt.subplots(2, 4, figsize=(18, 8.5))
     panels = [("get", "ops_per_sec", "get ops/s"), ("create", "ops_per_sec", "create ops/s"),
