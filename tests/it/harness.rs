@@ -286,25 +286,42 @@ impl Etcd {
         Etcd::start_args(bin, &[]).await
     }
 
-    /// Starts the etcd binary at `bin` with extra flags.
+    /// Starts the etcd binary at `bin` with extra flags. A port
+    /// `free_port` found free can be taken by a process starting beside
+    /// (tests run in parallel): etcd then exits at once, and is started
+    /// again on other ports.
     pub async fn start_args(bin: &Path, extra: &[&str]) -> Etcd {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let client = free_port();
-        let peer = free_port();
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = etcd_command(bin, &dir.path().join("data"), &endpoint, &peer_url)
-            // etcd 3.4 logs through capnslog unless told zap.
-            .args(["--logger", "zap"])
-            .args(extra)
-            .spawn()
-            .expect("spawn etcd");
-        wait_ready(&endpoint).await;
-        Etcd {
-            endpoint,
-            child,
-            _dir: dir,
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let client = free_port();
+            let peer = free_port();
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let mut child = etcd_command(bin, &dir.path().join("data"), &endpoint, &peer_url)
+                // etcd 3.4 logs through capnslog unless told zap.
+                .args(["--logger", "zap"])
+                .args(extra)
+                .spawn()
+                .expect("spawn etcd");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(mut c) = etcd_client::Client::connect([endpoint.as_str()], None).await
+                    && c.status().await.is_ok()
+                {
+                    return Etcd {
+                        endpoint,
+                        child,
+                        _dir: dir,
+                    };
+                }
+                if child.try_wait().expect("etcd's status").is_some() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{endpoint} did not become ready");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
+        panic!("etcd exited at start five times")
     }
 }
 
