@@ -171,3 +171,42 @@ async fn compact_once(store: &Store, retain: i64) -> Result<()> {
     }
     store.compact_physically().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::KeyValue;
+
+    fn row(revision: Revision, sub: i64) -> LogRow {
+        LogRow {
+            revision,
+            sub,
+            kv: KeyValue::default(),
+            deleted: false,
+            prev_revision: 0,
+        }
+    }
+
+    #[test]
+    fn whole_revisions_go_as_spans_and_the_rest_row_by_row() {
+        // Revisions 3-5 wholly dead (4 has two rows), 6 keeps sub 0 and
+        // loses sub 1, 7 and 9 dead, 8 kept.
+        let rows = [
+            row(3, 0),
+            row(4, 0),
+            row(4, 1),
+            row(5, 0),
+            row(6, 0),
+            row(6, 1),
+            row(7, 0),
+            row(8, 0),
+            row(9, 0),
+        ];
+        let kept = [Rev { main: 6, sub: 0 }, Rev { main: 8, sub: 0 }];
+        let (spans, single) = dead_rows(&rows, |r| kept.contains(&r.rev()));
+        assert_eq!(spans, [(3, 5), (7, 7), (9, 9)]);
+        assert_eq!(single, [Rev { main: 6, sub: 1 }]);
+        let (spans, single) = dead_rows(&rows, |_| true);
+        assert!(spans.is_empty() && single.is_empty());
+    }
+}
