@@ -328,6 +328,22 @@ fn position_args(revs: &[Rev]) -> Vec<Arg<'static>> {
         .collect()
 }
 
+/// The statements reading the values at `revs`, at most `BY_POSITION` a
+/// statement, with their arguments. Sizes are rounded up to a power of two
+/// (the list padded with its first position) so that few distinct
+/// statements are prepared.
+fn value_reads<'r>(
+    q: &'r Queries,
+    revs: &'r [Rev],
+) -> impl Iterator<Item = (Arc<str>, Vec<Arg<'static>>)> + 'r {
+    revs.chunks(BY_POSITION).map(|chunk| {
+        let size = chunk.len().next_power_of_two();
+        let mut args = position_args(chunk);
+        args.extend(position_args(&vec![chunk[0]; size - chunk.len()]));
+        (q.many(Many::Values, size), args)
+    })
+}
+
 /// The single value of a one-row, one-column result.
 fn one<T>(mut rows: Vec<T>, what: &str) -> Result<T> {
     match rows.len() {
@@ -446,12 +462,8 @@ impl Db {
     /// of each allows; positions compaction removed are left out.
     pub async fn values(&self, revs: &[Rev]) -> Result<Vec<(Rev, Bytes)>> {
         let mut out = Vec::with_capacity(revs.len());
-        for chunk in revs.chunks(BY_POSITION) {
-            let sql = self.queries.many(Many::Values, chunk.len());
-            let rows: Vec<Valued> = self
-                .read
-                .fetch(&sql, &position_args(chunk), &*self.dialect)
-                .await?;
+        for (sql, args) in value_reads(&self.queries, revs) {
+            let rows: Vec<Valued> = self.read.fetch(&sql, &args, &*self.dialect).await?;
             out.extend(rows.into_iter().map(|Valued(r, v)| (r, v)));
         }
         Ok(out)
@@ -741,12 +753,8 @@ impl DbTx {
     /// positions compaction removed are left out.
     pub async fn values(&mut self, revs: &[Rev]) -> Result<Vec<(Rev, Bytes)>> {
         let mut out = Vec::with_capacity(revs.len());
-        for chunk in revs.chunks(BY_POSITION) {
-            let sql = self.q.many(Many::Values, chunk.len());
-            let rows: Vec<Valued> = self
-                .inner
-                .fetch(&sql, &position_args(chunk), &*self.dialect)
-                .await?;
+        for (sql, args) in value_reads(&self.q, revs) {
+            let rows: Vec<Valued> = self.inner.fetch(&sql, &args, &*self.dialect).await?;
             out.extend(rows.into_iter().map(|Valued(r, v)| (r, v)));
         }
         Ok(out)
