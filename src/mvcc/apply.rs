@@ -26,7 +26,7 @@ use crate::mvcc::request::{
 };
 use crate::mvcc::writer::{BoxFut, Write, WriteSettings};
 use crate::sql::{DbTx, LogRow, Meta};
-use crate::types::{Event, EventKind, KeyRange, KeyValue, Rev, Revision};
+use crate::types::{Event, EventKind, KeyRange, KeyValue, LeaseId, Rev, Revision};
 
 /// The writer's view of the batch being built.
 pub struct BatchState {
@@ -49,6 +49,13 @@ pub struct BatchState {
     /// Values of this batch's changes, by position (cached once
     /// committed).
     pub values: HashMap<Rev, Bytes>,
+    /// Positions of the versions this batch replaced or deleted: their
+    /// values leave the cache once it commits (history is read from the
+    /// log), so that the cache holds about the live data set.
+    pub superseded: Vec<Rev>,
+    /// Whether leases exist, as read for the whole batch before it applies
+    /// (the leases its puts name) and as its grants and revokes left them.
+    pub leases: HashMap<LeaseId, bool>,
 }
 
 /// Values as the writer reads them: its own batch's first, then the cache
@@ -81,16 +88,17 @@ impl BatchState {
             mem,
             touched: Vec::new(),
             values: HashMap::new(),
+            superseded: Vec::new(),
+            leases: HashMap::new(),
         }
     }
 
-    /// Writes buffered log rows so that reads from the log see them.
-    pub async fn flush_log(&mut self, tx: &mut DbTx) -> Result<()> {
-        if !self.pending_log.is_empty() {
-            tx.append_log(&self.pending_log).await?;
-            self.pending_log.clear();
+    /// Whether lease `id` exists now (in this batch).
+    pub async fn lease_exists(&self, tx: &mut DbTx, id: LeaseId) -> Result<bool> {
+        match self.leases.get(&id) {
+            Some(known) => Ok(*known),
+            None => Ok(tx.lease_get(id).await?.is_some()),
         }
-        Ok(())
     }
 
     /// Key-values for what the index found, values read as the writer
@@ -103,11 +111,23 @@ impl BatchState {
         self.mem.with_values(&mut src, found).await
     }
 
-    /// The live version of `key` at `rev`, with its value.
-    async fn get(&self, tx: &mut DbTx, key: &[u8], rev: Revision) -> Result<Option<KeyValue>> {
+    /// The live version of `key` at `rev`, with its value and position.
+    async fn get(
+        &self,
+        tx: &mut DbTx,
+        key: &[u8],
+        rev: Revision,
+    ) -> Result<Option<(KeyValue, Rev)>> {
         let found = self.mem.read().get(key, rev);
         match found {
-            Some(f) => Ok(self.with_values(tx, vec![f]).await?.pop()),
+            Some(f) => {
+                let at = f.rev;
+                Ok(self
+                    .with_values(tx, vec![f])
+                    .await?
+                    .pop()
+                    .map(|kv| (kv, at)))
+            }
             None => Ok(None),
         }
     }
@@ -188,6 +208,12 @@ impl Write for PutRequest {
     fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, PutResult> {
         Box::pin(put(tx, state, self))
     }
+
+    fn leases(&self, out: &mut Vec<LeaseId>) {
+        if self.lease != 0 && !self.ignore_lease {
+            out.push(self.lease);
+        }
+    }
 }
 
 impl Write for DeleteRequest {
@@ -205,6 +231,16 @@ impl Write for TxnRequest {
     type Output = TxnResult;
     fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, TxnResult> {
         Box::pin(txn(tx, state, self))
+    }
+
+    fn leases(&self, out: &mut Vec<LeaseId>) {
+        for op in self.success.iter().chain(&self.failure) {
+            match op {
+                Op::Put(p) => p.leases(out),
+                Op::Txn(t) => t.leases(out),
+                Op::Range(_) | Op::Delete(_) => {}
+            }
+        }
     }
 }
 
@@ -251,6 +287,7 @@ async fn txn(tx: &mut DbTx, state: &mut BatchState, req: &TxnRequest) -> Result<
 /// Deletes the keys (with their values) in one revision: lease
 /// revocation. They are live at the batch's newest revision.
 pub async fn delete_keys(tx: &mut DbTx, state: &mut BatchState, keys: Vec<Found>) -> Result<()> {
+    state.superseded.extend(keys.iter().map(|f| f.rev));
     let prevs = state.with_values(tx, keys).await?;
     let mut changes = Changes {
         revision: state.revision + 1,
@@ -302,7 +339,7 @@ async fn check_put(tx: &mut DbTx, state: &BatchState, req: &PutRequest) -> Resul
     {
         return Err(Error::KeyNotFound);
     }
-    if !req.ignore_lease && req.lease != 0 && tx.lease_get(req.lease).await?.is_none() {
+    if !req.ignore_lease && req.lease != 0 && !state.lease_exists(tx, req.lease).await? {
         return Err(Error::LeaseNotFound(req.lease));
     }
     Ok(())
@@ -317,7 +354,13 @@ async fn apply_put(
     // `check_put` ran before anything was applied, and `check_intervals`
     // forbids deleting the key earlier on the same path, so `prev` exists
     // whenever an `ignore_*` flag is set.
-    let prev = state.get(tx, &req.key, changes.revision).await?;
+    let prev = match state.get(tx, &req.key, changes.revision).await? {
+        Some((kv, at)) => {
+            state.superseded.push(at);
+            Some(kv)
+        }
+        None => None,
+    };
     let (value, lease) = match &prev {
         Some(p) => (
             if req.ignore_value {
@@ -352,6 +395,7 @@ async fn apply_delete(
     req: &DeleteRequest,
 ) -> Result<DeleteResult> {
     let found = state.mem.read().range(&req.range, changes.revision, None);
+    state.superseded.extend(found.iter().map(|f| f.rev));
     let prevs = state.with_values(tx, found).await?;
     let deleted = prevs.len() as i64;
     let prev_kvs = if req.prev_kv {

@@ -145,7 +145,11 @@ impl Held<'_> {
                     ix.apply(r);
                 }
             }
+            let superseded = feed.mem.superseded(&rows);
             let events = feed.mem.events(&mut FromDb(&feed.db), rows).await?;
+            for rev in superseded {
+                feed.mem.values.remove(rev);
+            }
             feed.mem.write().set_revision(upto);
             feed.hub.publish(every_revision(from, upto, events));
         }
@@ -171,6 +175,9 @@ impl Held<'_> {
         let feed = self.feed;
         for (rev, value) in &state.values {
             feed.mem.values.insert(*rev, value);
+        }
+        for rev in &state.superseded {
+            feed.mem.values.remove(*rev);
         }
         feed.mem.write().set_revision(state.revision);
         feed.compacted(state.compact);

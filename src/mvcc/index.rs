@@ -72,9 +72,16 @@ pub struct Index {
 }
 
 /// The newest entry of `h` at or below `rev`.
+#[inline]
 fn at(h: &History, rev: Revision) -> Option<&Entry> {
-    let n = h.partition_point(|e| e.main <= rev);
-    n.checked_sub(1).map(|i| &h[i])
+    // Most reads are at the current revision, where it is the last.
+    match h.last() {
+        Some(last) if last.main <= rev => Some(last),
+        _ => {
+            let n = h.partition_point(|e| e.main <= rev);
+            n.checked_sub(1).map(|i| &h[i])
+        }
+    }
 }
 
 fn found(key: &Bytes, e: &Entry) -> Found {

@@ -45,11 +45,11 @@ impl Write for Grant {
             if self.ttl > MAX_LEASE_TTL {
                 return Err(Error::LeaseTtlTooLarge);
             }
-            if tx.lease_get(self.id).await?.is_some() {
+            let ttl = self.ttl.max(state.settings.min_lease_ttl);
+            if state.leases.get(&self.id) == Some(&true) || !tx.lease_grant(self.id, ttl).await? {
                 return Err(Error::LeaseExists(self.id));
             }
-            let ttl = self.ttl.max(state.settings.min_lease_ttl);
-            tx.lease_insert(self.id, ttl).await?;
+            state.leases.insert(self.id, true);
             Ok(Granted { id: self.id, ttl })
         })
     }
@@ -64,7 +64,7 @@ impl Write for Revoke {
     type Output = ();
     fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, ()> {
         Box::pin(async move {
-            if tx.lease_get(self.id).await?.is_none() {
+            if !state.lease_exists(tx, self.id).await? {
                 return Err(Error::LeaseNotFound(self.id));
             }
             revoke(tx, state, self.id).await
@@ -120,6 +120,7 @@ async fn revoke(tx: &mut DbTx, state: &mut BatchState, id: LeaseId) -> Result<()
     let keys = state.mem.read().with_lease(id, state.revision);
     apply::delete_keys(tx, state, keys).await?;
     tx.lease_delete(id).await?;
+    state.leases.insert(id, false);
     Ok(())
 }
 

@@ -132,6 +132,15 @@ impl Memory {
             .collect())
     }
 
+    /// Positions of the versions `rows` (in the index already) replaced.
+    pub fn superseded(&self, rows: &[LogRow]) -> Vec<Rev> {
+        let ix = self.read();
+        rows.iter()
+            .filter(|r| r.prev_revision > 0)
+            .filter_map(|r| ix.made_by(&r.kv.key, r.prev_revision).map(|f| f.rev))
+            .collect()
+    }
+
     /// Watch events for logged changes (in order, with their values) the
     /// index already holds: each with the version it replaced, read by
     /// the `prev_revision` the row names.

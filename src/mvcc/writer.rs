@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::mvcc::apply::BatchState;
 use crate::mvcc::feed::Feed;
 use crate::sql::{Db, DbTx};
-use crate::types::Revision;
+use crate::types::{LeaseId, Revision};
 
 /// Most requests per transaction.
 const MAX_BATCH: usize = 256;
@@ -53,6 +53,10 @@ pub trait Write: Send + Sync + 'static {
     /// anything; a database error fails the whole batch.
     fn apply<'a>(&'a self, tx: &'a mut DbTx, state: &'a mut BatchState)
     -> BoxFut<'a, Self::Output>;
+
+    /// The leases the request attaches keys to: the writer reads whether
+    /// those of a whole batch exist in one statement before applying it.
+    fn leases(&self, _out: &mut Vec<LeaseId>) {}
 }
 
 /// Settings the requests read while applying.
@@ -67,6 +71,8 @@ trait Job: Send {
     /// Applies the request; `Err` is a database failure that aborts the
     /// batch (the request's own errors are kept as its outcome).
     fn apply<'a>(&'a mut self, tx: &'a mut DbTx, state: &'a mut BatchState) -> BoxFut<'a, ()>;
+    /// See [`Write::leases`].
+    fn leases(&self, out: &mut Vec<LeaseId>);
     /// Forgets the outcome of a batch that did not commit.
     fn reset(&mut self);
     /// Sends the outcome, or `failure` when the batch failed.
@@ -91,6 +97,10 @@ impl<W: Write> Job for Pending<W> {
             }
             Ok(())
         })
+    }
+
+    fn leases(&self, out: &mut Vec<LeaseId>) {
+        self.req.leases(out);
     }
 
     fn reset(&mut self) {
@@ -284,7 +294,12 @@ impl WriterTask {
         if let Err(e) = tx.commit().await {
             // The connection may have broken after the database
             // committed: ask it, rather than guess.
-            let committed = self.committed(batch).await;
+            // Where only this process writes, a batch that made revisions
+            // committed iff the meta row holds its last one (it records no
+            // batch row).
+            let made =
+                (self.sole_writer() && state.revision > meta.revision).then_some(state.revision);
+            let committed = self.committed(batch, made).await;
             if !matches!(committed, Ok(true)) {
                 // Not committed, or unknown: the index forgets the batch;
                 // if it did commit, the feed reads it from the log.
@@ -309,19 +324,23 @@ impl WriterTask {
     }
 
     /// After a failed COMMIT: whether batch `id` took effect, asked on a
-    /// fresh connection. Locking the meta row first waits until the old
-    /// transaction has ended either way. `Err(OutcomeUnknown)` when the
-    /// database cannot be asked.
-    async fn committed(&self, id: i64) -> Result<bool> {
+    /// fresh connection: its batch row, or, where only this process writes
+    /// and the batch `made` revisions up to one, the meta row having it.
+    /// Locking the meta row first waits until the old transaction has ended
+    /// either way. `Err(OutcomeUnknown)` when the database cannot be asked.
+    async fn committed(&self, id: i64, made: Option<Revision>) -> Result<bool> {
         let mut delay = std::time::Duration::from_millis(100);
         let mut last = String::new();
         for _ in 0..RESOLVE_ATTEMPTS {
             let asked = async {
                 let mut tx = self.db.begin_write().await?;
-                tx.lock_meta().await?;
-                let found = tx.batch(id).await?;
+                let meta = tx.lock_meta().await?;
+                let found = match made {
+                    Some(revision) => meta.revision >= revision,
+                    None => tx.batch(id).await?.is_some(),
+                };
                 tx.rollback().await?;
-                Ok::<_, Error>(found.is_some())
+                Ok::<_, Error>(found)
             };
             match asked.await {
                 Ok(found) => return Ok(found),
@@ -341,18 +360,39 @@ impl WriterTask {
         batch: i64,
     ) -> Result<()> {
         let start = state.revision;
+        let mut leases = Vec::new();
+        for job in jobs.iter() {
+            job.leases(&mut leases);
+        }
+        if !leases.is_empty() {
+            leases.sort_unstable();
+            leases.dedup();
+            let existing = tx.leases_existing(&leases).await?;
+            state.leases = leases.iter().map(|id| (*id, false)).collect();
+            state
+                .leases
+                .extend(existing.into_iter().map(|id| (id, true)));
+        }
         for job in jobs.iter_mut() {
             job.apply(tx, state).await?;
         }
-        state.flush_log(tx).await?;
+        // A batch is looked up by its id when its COMMIT failed; where only
+        // this process writes, one that made revisions is known by them.
         if state.revision != start {
-            tx.set_revision(state.revision).await?;
-            tx.notify(state.revision).await?;
-        } else if state.notify {
-            tx.notify(state.revision).await?;
+            let rows = std::mem::take(&mut state.pending_log);
+            let batch = (!self.sole_writer()).then_some(batch);
+            tx.write_batch(&rows, state.revision, batch).await?;
+        } else {
+            if state.notify {
+                tx.notify(state.revision).await?;
+            }
+            tx.record_batch(batch, state.revision).await?;
         }
-        tx.record_batch(batch, state.revision).await?;
         Ok(())
+    }
+
+    fn sole_writer(&self) -> bool {
+        self.db.dialect().sql().sole_writer
     }
 }
 

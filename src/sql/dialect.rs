@@ -65,6 +65,14 @@ pub struct DialectSql {
     /// Sent in each write transaction that made a revision, so other
     /// instances wake at commit (`?`: the revision); `None`: they poll.
     pub notify: Option<&'static str>,
+    /// An INSERT that skips a row whose key exists instead of failing
+    /// (which would abort a PostgreSQL transaction): what goes before
+    /// `INTO` and what goes after the values.
+    pub insert_new: (&'static str, &'static str),
+    /// Data-modifying `WITH` (PostgreSQL): a batch's last log rows, the
+    /// meta row, the batch row and the notification go in one statement,
+    /// one round trip.
+    pub writes_in_one_statement: bool,
     /// How often instances look for each other's commits unless
     /// `--poll-interval` says otherwise.
     pub poll_interval: std::time::Duration,

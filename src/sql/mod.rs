@@ -554,6 +554,30 @@ pub struct DbTx {
     dialect: Arc<dyn Dialect>,
 }
 
+/// A log row's size, as the chunking of multi-row statements counts it.
+fn log_row_size(r: &LogRow) -> usize {
+    r.kv.key.len() + r.kv.value.len() + 64
+}
+
+/// The arguments of a multi-row insert of `rows` into the log.
+fn log_args(rows: &[LogRow]) -> Vec<Arg<'_>> {
+    let mut args = Vec::with_capacity(rows.len() * 9);
+    for r in rows {
+        args.extend([
+            Arg::I64(r.revision),
+            Arg::I64(r.sub),
+            Arg::Bytes(&r.kv.key),
+            Arg::I64(r.kv.create_revision),
+            Arg::I64(r.kv.version),
+            Arg::I64(r.kv.lease),
+            Arg::Bytes(&r.kv.value),
+            Arg::I64(i64::from(r.deleted)),
+            Arg::I64(r.prev_revision),
+        ]);
+    }
+    args
+}
+
 /// Splits `items` into runs of at most `LOG_CHUNK_ROWS` items and about
 /// `LOG_CHUNK_BYTES` bytes, for multi-row statements.
 fn chunks<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
@@ -728,23 +752,51 @@ impl DbTx {
 
     /// Appends rows to the log in as few statements as the size limits allow.
     pub async fn append_log(&mut self, rows: &[LogRow]) -> Result<()> {
-        for chunk in chunks(rows, |r| r.kv.key.len() + r.kv.value.len() + 64) {
-            let mut args = Vec::with_capacity(chunk.len() * 9);
-            for r in chunk {
-                args.extend([
-                    Arg::I64(r.revision),
-                    Arg::I64(r.sub),
-                    Arg::Bytes(&r.kv.key),
-                    Arg::I64(r.kv.create_revision),
-                    Arg::I64(r.kv.version),
-                    Arg::I64(r.kv.lease),
-                    Arg::Bytes(&r.kv.value),
-                    Arg::I64(i64::from(r.deleted)),
-                    Arg::I64(r.prev_revision),
-                ]);
-            }
+        for chunk in chunks(rows, log_row_size) {
             let sql = self.q.many(Many::Insert, chunk.len());
-            self.inner.exec(&sql, &args, &*self.dialect).await?;
+            self.inner
+                .exec(&sql, &log_args(chunk), &*self.dialect)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a batch that made revisions: its log rows, the store
+    /// revision they reach, the batch's row (if `batch`) and the
+    /// notification to other instances, in as few round trips as the
+    /// database allows (PostgreSQL: one for the last rows and the rest).
+    pub async fn write_batch(
+        &mut self,
+        rows: &[LogRow],
+        revision: Revision,
+        batch: Option<i64>,
+    ) -> Result<()> {
+        let sql = self.dialect.sql();
+        match (sql.writes_in_one_statement, batch) {
+            (true, Some(id)) if !rows.is_empty() => {
+                let chunks = chunks(rows, log_row_size);
+                let (last, before) = chunks.split_last().expect("rows");
+                for chunk in before {
+                    self.append_log(chunk).await?;
+                }
+                let mut args = log_args(last);
+                args.extend([
+                    Arg::I64(revision),
+                    Arg::I64(id),
+                    Arg::I64(revision),
+                    Arg::I64(revision),
+                ]);
+                let sql = self.q.many(Many::Finish, last.len());
+                self.inner.exec(&sql, &args, &*self.dialect).await?;
+            }
+            _ => {
+                self.append_log(rows).await?;
+                self.set_revision(revision).await?;
+                self.notify(revision).await?;
+                if let Some(id) = batch {
+                    self.record_batch(id, revision).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -785,6 +837,36 @@ impl DbTx {
         )
         .await?;
         Ok(())
+    }
+
+    /// Grants lease `id` of `ttl` seconds from now (database clock) unless
+    /// it exists; answers whether it was granted (one statement).
+    pub async fn lease_grant(&mut self, id: LeaseId, ttl: i64) -> Result<bool> {
+        let inserted = self
+            .exec(
+                Q::LeaseInsertNew,
+                &[
+                    Arg::I64(id),
+                    Arg::I64(ttl),
+                    Arg::I64(ttl.saturating_mul(1000)),
+                ],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    /// Which of `ids` (distinct) exist, in one statement per
+    /// `BY_POSITION` (sizes rounded up to a power of two).
+    pub async fn leases_existing(&mut self, ids: &[LeaseId]) -> Result<Vec<LeaseId>> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(BY_POSITION) {
+            let size = chunk.len().next_power_of_two();
+            let mut args: Vec<Arg<'_>> = chunk.iter().map(|id| Arg::I64(*id)).collect();
+            args.resize(size, Arg::I64(chunk[0]));
+            let sql = self.q.many(Many::LeasesIn, size);
+            found.extend(self.inner.fetch::<i64>(&sql, &args, &*self.dialect).await?);
+        }
+        Ok(found)
     }
 
     /// Restarts a lease's countdown from its TTL.

@@ -30,6 +30,8 @@ pub const SQL: DialectSql = DialectSql {
     db_size: "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS SIGNED) \
         FROM information_schema.tables WHERE table_schema = DATABASE()",
     notify: None,
+    writes_in_one_statement: false,
+    insert_new: ("INSERT IGNORE", ""),
     poll_interval: std::time::Duration::from_millis(25),
     sole_writer: false,
 };

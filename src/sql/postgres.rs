@@ -29,6 +29,8 @@ pub const SQL: DialectSql = DialectSql {
     defragment: "VACUUM FULL koine_log, koine_batch, koine_lease, koine_auth_token",
     db_size: "SELECT CAST(pg_database_size(current_database()) AS BIGINT)",
     notify: Some("SELECT pg_notify('koine_revision', CAST(CAST(? AS BIGINT) AS TEXT))"),
+    writes_in_one_statement: true,
+    insert_new: ("INSERT", " ON CONFLICT DO NOTHING"),
     poll_interval: std::time::Duration::from_millis(100),
     sole_writer: false,
 };

@@ -37,6 +37,7 @@ pub enum Q {
     LeaseList,
     LeaseExpired,
     LeaseInsert,
+    LeaseInsertNew,
     LeaseRefresh,
     LeaseDelete,
     DbSize,
@@ -72,6 +73,11 @@ pub enum Many {
     Values,
     Delete,
     DeleteVersions,
+    /// The last log rows of a batch with the meta row, the batch row and
+    /// the notification (`DialectSql::writes_in_one_statement`).
+    Finish,
+    /// Which of some leases exist.
+    LeasesIn,
 }
 
 impl Queries {
@@ -80,6 +86,7 @@ impl Queries {
             now_ms,
             lock_meta,
             db_size,
+            insert_new,
             ..
         } = *sql;
         let mut texts: Vec<(Q, String)> = vec![
@@ -190,6 +197,13 @@ impl Queries {
                 ),
             ),
             (
+                Q::LeaseInsertNew,
+                format!(
+                    "{} INTO koine_lease (id, ttl, expires_at) VALUES (?, ?, {now_ms} + ?){}",
+                    insert_new.0, insert_new.1
+                ),
+            ),
+            (
                 Q::LeaseRefresh,
                 format!("UPDATE koine_lease SET expires_at = {now_ms} + ttl * 1000 WHERE id = ?"),
             ),
@@ -296,11 +310,18 @@ impl Queries {
         cache
             .entry((kind, rows))
             .or_insert_with(|| {
+                let insert = format!(
+                    "INSERT INTO koine_log (revision, sub, k, create_revision, version, lease, \
+                     value, deleted, prev_revision) VALUES {}",
+                    vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ")
+                );
                 let sql = match kind {
-                    Many::Insert => format!(
-                        "INSERT INTO koine_log (revision, sub, k, create_revision, version, lease, \
-                         value, deleted, prev_revision) VALUES {}",
-                        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ")
+                    Many::Insert => insert,
+                    Many::Finish => format!(
+                        "WITH l AS ({insert}), \
+                         m AS (UPDATE koine_meta SET revision = ? WHERE id = 1), \
+                         b AS (INSERT INTO koine_batch (id, revision) VALUES (?, ?)) {}",
+                        self.sql.notify.unwrap_or("SELECT 1 WHERE ? > 0")
                     ),
                     Many::Values => format!(
                         "SELECT revision, sub, value FROM koine_log WHERE {}",
@@ -309,6 +330,10 @@ impl Queries {
                     Many::Delete => format!(
                         "DELETE FROM koine_log WHERE {}",
                         vec!["(revision = ? AND sub = ?)"; rows].join(" OR ")
+                    ),
+                    Many::LeasesIn => format!(
+                        "SELECT id FROM koine_lease WHERE id IN ({})",
+                        vec!["?"; rows].join(", ")
                     ),
                     Many::DeleteVersions => format!(
                         "DELETE FROM koine_log WHERE {}",

@@ -29,6 +29,8 @@ pub const SQL: DialectSql = DialectSql {
     defragment: "VACUUM; PRAGMA wal_checkpoint(TRUNCATE)",
     db_size: "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
     notify: None,
+    writes_in_one_statement: false,
+    insert_new: ("INSERT", " ON CONFLICT DO NOTHING"),
     poll_interval: std::time::Duration::from_millis(100),
     sole_writer: true,
 };
