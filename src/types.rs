@@ -47,7 +47,7 @@ pub enum EventKind {
 
 /// A key interval as etcd defines it: `end` empty means the single key
 /// `start`; `end == [0]` means every key `>= start`; otherwise `[start, end)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyRange {
     pub start: Bytes,
     /// Exclusive upper bound; `None` means unbounded.

@@ -19,6 +19,7 @@
 
 pub(crate) mod apply;
 mod compact;
+mod counts;
 mod feed;
 mod fence;
 mod hub;
@@ -96,6 +97,8 @@ pub struct Store {
     metrics: Arc<Metrics>,
     /// Serialises physical compaction runs of this instance.
     compacting: Arc<tokio::sync::Mutex<()>>,
+    /// Range counts at the current revision, kept from read to read.
+    counts: Arc<counts::Counts>,
     request_timeout: Duration,
     auth_stamps: tokio::sync::watch::Receiver<i64>,
 }
@@ -244,6 +247,7 @@ fn assemble(
         fence,
         metrics,
         compacting: Default::default(),
+        counts: Default::default(),
         request_timeout: settings.request_timeout,
     };
     (store, task)
@@ -362,6 +366,20 @@ impl Store {
                 self.fence().await?;
             }
             let at = self.read_point();
+            let o = &req.options;
+            if o.count_only && at.resolve(o.revision)? == at.current {
+                let count = self
+                    .counts
+                    .count(self.mem(), self.hub(), &req.range, at.current);
+                return Ok((
+                    RangeResult {
+                        kvs: Vec::new(),
+                        more: false,
+                        count,
+                    },
+                    at.current,
+                ));
+            }
             let result = range::range(self.mem(), &mut FromDb(&self.db), req, at).await?;
             Ok((result, at.current))
         })
