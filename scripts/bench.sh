@@ -100,6 +100,19 @@ RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 n=0
 
+# written PID...: bytes the processes, and every process of their
+# sessions (PostgreSQL's backends), have sent to storage (/proc/PID/io).
+written() {
+    local sid pid total=0 b
+    for sid in "$@"; do
+        for pid in $(ps -o pid= -s "$sid" 2>/dev/null) "$sid"; do
+            b=$(awk '/^write_bytes/ { print $2 }' "/proc/$pid/io" 2>/dev/null || echo 0)
+            total=$((total + ${b:-0}))
+        done
+    done
+    echo "$total"
+}
+
 # rss PID: resident set size in MiB.
 rss() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
@@ -115,8 +128,8 @@ up() {
 }
 
 # restart KIND PORT [ENDPOINT]: stops the server (SIGTERM, as a service
-# manager would) and starts it again on the same data and port; prints
-# the seconds until it answered a read.
+# manager would) and starts it again on the same data and port; sets
+# RESTART_SECS to the seconds until it answered a read.
 restart() {
     local t0 t1
     kill -TERM "${SERVERS[0]}"
@@ -125,7 +138,7 @@ restart() {
     t0=$(date +%s.%N)
     start "$@"
     t1=$(date +%s.%N)
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+    RESTART_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
 }
 
 # start KIND PORT [ENDPOINT]: one server; its pid in SERVERS.
@@ -179,7 +192,7 @@ bench() {
 # scale TARGET: the --scale measurements of one target, a fresh server per
 # size.
 scale() {
-    local t=$1 keys history port server secs
+    local t=$1 keys history port server
     for keys in $SCALE; do
         history=$((2000000 / keys))
         history=$((history > 10 ? 10 : history < 1 ? 1 : history))
@@ -198,8 +211,8 @@ scale() {
         bench "$t@$keys" "$port" compact 1 "${args[@]}"
         bench "$t@$keys" "$port" watch 1 "${args[@]}" --watchers 1000 --watch-rate 20
         echo "{\"label\":\"$t@$keys\",\"workload\":\"rss\",\"after_mib\":$(rss "${SERVERS[0]}")}" >>"$RESULTS"
-        secs=$(restart "${server[@]}")
-        echo "{\"label\":\"$t@$keys\",\"workload\":\"restart\",\"seconds\":$secs,\"after_mib\":$(rss "${SERVERS[0]}")}" >>"$RESULTS"
+        restart "${server[@]}"
+        echo "{\"label\":\"$t@$keys\",\"workload\":\"restart\",\"seconds\":$RESTART_SECS,\"after_mib\":$(rss "${SERVERS[0]}")}" >>"$RESULTS"
         stop_servers
     done
 }
@@ -254,7 +267,19 @@ print(json.dumps(dict(label=sys.argv[2], workload="k8s", failed=not ok, **((c or
     sleep 2
     idle=$(rss "${SERVERS[0]}")
     bench "$t" "$port" create 1,16,64
-    bench "$t" "$port" update 16,64
+    # Bytes written to disk per update (16 clients, 1 KiB values): the
+    # server's, and its database server's.
+    case $t in
+        *postgres*) dbpid=${DBS_PIDS[0]} ;;
+        *mariadb*) dbpid=${DBS_PIDS[1]} ;;
+        *) dbpid= ;;
+    esac
+    w0=$(written "${SERVERS[0]}") d0=$([ -n "$dbpid" ] && written "$dbpid" || echo 0)
+    bench "$t" "$port" update 16
+    w1=$(written "${SERVERS[0]}") d1=$([ -n "$dbpid" ] && written "$dbpid" || echo 0)
+    ops=$(tail -1 "$RESULTS" | python3 -c 'import json, sys; r = json.loads(sys.stdin.read() or "{}"); print(sum(x.get("ops", 0) for x in (r if isinstance(r, list) else [r])))' 2>/dev/null || echo 0)
+    echo "{\"label\":\"$t\",\"workload\":\"disk\",\"updates\":$ops,\"server_bytes\":$((w1 - w0)),\"db_bytes\":$((d1 - d0))}" >>"$RESULTS"
+    bench "$t" "$port" update 64
     bench "$t" "$port" get 16,64
     bench "$t" "$port" list 1,16
     bench "$t" "$port" count 16

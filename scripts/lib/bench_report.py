@@ -93,6 +93,7 @@ def main():
     dur = sys.argv[2]
     by = {}
     rss = {}
+    disk = {}
     failed = set()
     labels = []
     k8s = {}
@@ -106,6 +107,8 @@ def main():
             failed.add((r["label"], r["workload"]))
         elif r["workload"] == "rss":
             rss[r["label"]] = r
+        elif r["workload"] == "disk":
+            disk[r["label"]] = r
         else:
             by[(r["label"], r["workload"], r["clients"])] = r
     main_labels = [l for l in labels if not l.endswith("-x2")]
@@ -184,6 +187,23 @@ def main():
         for l in main_labels:
             if l in rss:
                 print("| %s | %.0f | %.0f |" % (l, rss[l]["idle_mib"], rss[l]["after_mib"]))
+
+    if disk:
+        print("\n## Bytes written to disk per update (16 clients, 1 KiB values)\n")
+        print("`write_bytes` of `/proc/PID/io` over the update run at 16 clients: the server's,"
+              " and its database server's (every PostgreSQL process; MariaDB's), divided by the"
+              " updates answered.\n")
+        ref = disk.get(REF)
+        ref_b = ref["server_bytes"] / ref["updates"] if ref and ref["updates"] else None
+        print("| server | updates | server bytes / update | database bytes / update | total, ratio to %s |" % REF)
+        print("|---|---|---|---|---|")
+        for l in main_labels:
+            r = disk.get(l)
+            if not r or not r["updates"]:
+                continue
+            srv, db = r["server_bytes"] / r["updates"], r["db_bytes"] / r["updates"]
+            q = " (%.2fx)" % ((srv + db) / ref_b) if ref_b else ""
+            print("| %s | %d | %.0f | %.0f | %.0f%s |" % (l, r["updates"], srv, db, srv + db, q))
 
     if k8s:
         kubernetes_level(k8s)
