@@ -104,6 +104,7 @@ pub async fn remove_unreachable(db: &Db, feed: &Feed, lock: &tokio::sync::Mutex<
         tracing::debug!(from = done + 1, to, removed, "compacted log rows");
         done = to;
     }
+    crate::mvcc::memory::release_freed_memory();
     Ok(())
 }
 

@@ -222,6 +222,7 @@ impl Index {
             .is_some_and(|e| e.rev() == rev && !e.tomb)
     }
 
+    /// The history of `key`, created empty if the key is new.
     fn entry_mut(&mut self, key: &Bytes) -> &mut History {
         if !self.keys.contains_key(key.as_ref()) {
             // The key is copied: a request's key is a slice of the whole
@@ -237,9 +238,6 @@ impl Index {
     /// a change that detached the key must still find it); compaction
     /// prunes those no retained change needs ([`Index::prune_leases`]).
     fn link(&mut self, key: &Bytes, e: Entry) {
-        if e.tomb || e.lease == 0 {
-            return;
-        }
         let stored = self
             .keys
             .get_key_value(key.as_ref())
@@ -262,14 +260,22 @@ impl Index {
     }
 
     fn push(&mut self, key: &Bytes, e: Entry) {
-        let h = self.entry_mut(key);
-        debug_assert!(
-            h.last().is_none_or(|b| b.rev() < e.rev()),
-            "changes in order"
-        );
-        h.push(e);
+        match self.keys.get_mut(key.as_ref()) {
+            Some(h) => {
+                debug_assert!(
+                    h.last().is_none_or(|b| b.rev() < e.rev()),
+                    "changes in order"
+                );
+                h.push(e);
+            }
+            None => {
+                self.entry_mut(key).push(e);
+            }
+        }
         self.entries += 1;
-        self.link(key, e);
+        if !e.tomb && e.lease != 0 {
+            self.link(key, e);
+        }
     }
 
     /// Records a put of `key` at `rev`: the version follows the key's
@@ -316,28 +322,30 @@ impl Index {
 
     /// Records a change as the log holds it (start-up, other instances'
     /// commits; the value is not looked at). A change the index already
-    /// holds is skipped.
+    /// holds is skipped. A new key's bytes are shared with `c`'s.
     pub fn apply(&mut self, c: &LogRow) {
         let rev = c.rev();
-        if self
-            .keys
-            .get(c.kv.key.as_ref())
-            .and_then(|h| h.last())
-            .is_some_and(|e| e.rev() >= rev)
-        {
-            return;
+        let e = Entry {
+            main: rev.main,
+            create: c.kv.create_revision,
+            version: c.kv.version,
+            lease: c.kv.lease,
+            sub: rev.sub as u32,
+            tomb: c.deleted,
+        };
+        match self.keys.get_mut(c.kv.key.as_ref()) {
+            Some(h) if h.last().is_some_and(|last| last.rev() >= rev) => return,
+            Some(h) => h.push(e),
+            None => {
+                let mut h = History::new();
+                h.push(e);
+                self.keys.insert(c.kv.key.clone(), h);
+            }
         }
-        self.push(
-            &c.kv.key,
-            Entry {
-                main: rev.main,
-                create: c.kv.create_revision,
-                version: c.kv.version,
-                lease: c.kv.lease,
-                sub: rev.sub as u32,
-                tomb: c.deleted,
-            },
-        );
+        self.entries += 1;
+        if !e.tomb && e.lease != 0 {
+            self.link(&c.kv.key, e);
+        }
     }
 
     /// Takes out the changes of `keys` above `revision` (a batch that did

@@ -213,6 +213,7 @@ impl Memory {
             }
             if next.is_none() {
                 self.write().prune_leases();
+                release_freed_memory();
                 return;
             }
             tokio::task::yield_now().await;
@@ -224,24 +225,58 @@ impl Memory {
 /// first), with progress in the log every few seconds. Returns it with
 /// the revision and compact revision it describes.
 pub async fn build(db: &Db) -> Result<Index> {
+    let ix = build_from(db).await?;
+    release_freed_memory();
+    Ok(ix)
+}
+
+/// Gives freed memory back to the system after the work that frees much
+/// of it (building the index, compacting): glibc's heaps keep it otherwise
+/// (the rows were read on one thread and freed on others).
+#[allow(unsafe_code)]
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of glibc's heaps to
+    // the system; it takes no pointer and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+async fn build_from(db: &Db) -> Result<Index> {
     let started = Instant::now();
     let meta = db.meta().await?;
     let mut ix = Index::new(0, meta.compact_revision);
     let (mut from, mut span, mut rows) = (0, BUILD_SPAN, 0u64);
     let mut reported = Instant::now();
-    while from < meta.revision {
-        let upto = (from + span).min(meta.revision);
-        let page = db.scan(from, upto).await?;
+    // The next span is read while this one is applied.
+    let read = |from: Revision, upto: Revision| {
+        let db = db.clone();
+        tokio::spawn(async move { db.scan(from, upto).await })
+    };
+    let mut upto = (from + span).min(meta.revision);
+    let mut reading = (from < meta.revision).then(|| read(from, upto));
+    while let Some(page) = reading.take() {
+        let page = page
+            .await
+            .map_err(|e| Error::Internal(format!("reading the log: {e}")))??;
         rows += page.len() as u64;
-        for r in &page {
-            ix.apply(r);
-        }
         if page.len() < BUILD_ROWS / 4 {
             span = span.saturating_mul(2);
         } else if page.len() > BUILD_ROWS {
             span = (span / 2).max(1);
         }
         from = upto;
+        if from < meta.revision {
+            upto = (from + span).min(meta.revision);
+            reading = Some(read(from, upto));
+        }
+        // The rows own their keys (read from the database, not slices of
+        // anything larger): the index keeps them.
+        for r in &page {
+            ix.apply(r);
+        }
+        drop(page);
         if reported.elapsed() >= Duration::from_secs(2) {
             reported = Instant::now();
             tracing::info!(

@@ -59,8 +59,9 @@ use range::ReadPoint;
 use request::{RangeRequest, RangeResult};
 use writer::{WriteSettings, Writer};
 
-/// Bytes of recent events the watch hub keeps in memory.
-const HUB_BYTES: usize = 64 << 20;
+/// Bytes of recent events the watch hub keeps in memory (watchers further
+/// behind read the log).
+const HUB_BYTES: usize = 16 << 20;
 /// Revisions the watch hub keeps in memory at most.
 const HUB_REVISIONS: usize = 100_000;
 

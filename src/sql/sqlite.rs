@@ -151,8 +151,9 @@ pub async fn connect(cfg: &SqliteConfig) -> anyhow::Result<Db> {
         .synchronous(cfg.synchronous)
         .busy_timeout(cfg.busy_timeout)
         .pragma("temp_store", "memory");
-    // Page caches: 16 MiB for the writer (it reads what it updates), 4 MiB
-    // for each of the readers (they share the OS's cache of the file).
+    // Page caches: 16 MiB for the writer (it appends and reads the pages it
+    // appends to), 2 MiB for each of the readers (they read values by
+    // position, and share the OS's cache of the file).
     let write = SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
@@ -168,7 +169,7 @@ pub async fn connect(cfg: &SqliteConfig) -> anyhow::Result<Db> {
         .min_connections(1)
         // No ping per acquire: exec.rs retries on a broken connection.
         .test_before_acquire(false)
-        .connect_with(opts.read_only(true).pragma("cache_size", "-4096"))
+        .connect_with(opts.read_only(true).pragma("cache_size", "-2048"))
         .await?;
     tracing::info!(path = %cfg.path.display(), "opened SQLite database");
     Ok(Db::new(
