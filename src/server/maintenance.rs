@@ -92,10 +92,8 @@ impl Maintenance for MaintenanceService {
         // Admin-only under auth, as etcd.
         self.shared.require_admin(req.metadata()).await?;
         self.shared.store.defragment().await?;
-        let meta = self.shared.store.meta().await?;
-        Ok(Response::new(pb::DefragmentResponse {
-            header: self.shared.header(meta.revision),
-        }))
+        // etcd's reply carries no header.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     /// etcd hashes its whole backend file; Koine's "backend" is the key
@@ -190,9 +188,8 @@ impl Maintenance for MaintenanceService {
                 "etcdserver: bad leader transferee",
             ));
         }
-        Ok(Response::new(pb::MoveLeaderResponse {
-            header: self.shared.current_header(),
-        }))
+        // etcd's reply carries no header.
+        Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(
