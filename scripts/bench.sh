@@ -100,12 +100,13 @@ RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 n=0
 
-# written PID...: bytes the processes, and every process of their
-# sessions (PostgreSQL's backends), have sent to storage (/proc/PID/io).
+# written PID...: bytes the processes, and their children (PostgreSQL's
+# backends and background writers, each in a session of its own), have
+# sent to storage (/proc/PID/io).
 written() {
-    local sid pid total=0 b
-    for sid in "$@"; do
-        for pid in $(ps -o pid= -s "$sid" 2>/dev/null) "$sid"; do
+    local top pid total=0 b
+    for top in "$@"; do
+        for pid in $(ps -o pid= --ppid "$top" 2>/dev/null) "$top"; do
             b=$(awk '/^write_bytes/ { print $2 }' "/proc/$pid/io" 2>/dev/null || echo 0)
             total=$((total + ${b:-0}))
         done
@@ -129,12 +130,16 @@ up() {
 
 # restart KIND PORT [ENDPOINT]: stops the server (SIGTERM, as a service
 # manager would) and starts it again on the same data and port; sets
-# RESTART_SECS to the seconds until it answered a read.
+# STOP_SECS to the seconds it took to exit, RESTART_SECS to the seconds
+# until it answered a read.
 restart() {
     local t0 t1
+    t0=$(date +%s.%N)
     kill -TERM "${SERVERS[0]}"
     wait "${SERVERS[0]}" 2>/dev/null || true
     SERVERS=()
+    t1=$(date +%s.%N)
+    STOP_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
     t0=$(date +%s.%N)
     start "$@"
     t1=$(date +%s.%N)
@@ -185,7 +190,8 @@ bench() {
     local label=$1 port=$2 wl=$3 cl=$4
     shift 4
     "$KOINE" bench --endpoint "http://127.0.0.1:$port" --workload "$wl" --clients "$cl" \
-        --duration "$DUR" --label "$label" --json "$@" 2>>"$WORK/bench.err" >>"$RESULTS" ||
+        --duration "$DUR" --label "$label" --json ${CPU_PIDS:+--cpu-pids "$CPU_PIDS"} "$@" \
+        2>>"$WORK/bench.err" >>"$RESULTS" ||
         echo "{\"label\":\"$label\",\"workload\":\"$wl\",\"failed\":true}" >>"$RESULTS"
 }
 
@@ -212,7 +218,7 @@ scale() {
         bench "$t@$keys" "$port" watch 1 "${args[@]}" --watchers 1000 --watch-rate 20
         echo "{\"label\":\"$t@$keys\",\"workload\":\"rss\",\"after_mib\":$(rss "${SERVERS[0]}")}" >>"$RESULTS"
         restart "${server[@]}"
-        echo "{\"label\":\"$t@$keys\",\"workload\":\"restart\",\"seconds\":$RESTART_SECS,\"after_mib\":$(rss "${SERVERS[0]}")}" >>"$RESULTS"
+        echo "{\"label\":\"$t@$keys\",\"workload\":\"restart\",\"seconds\":$RESTART_SECS,\"stop_seconds\":$STOP_SECS,\"after_mib\":$(rss "${SERVERS[0]}")}" >>"$RESULTS"
         stop_servers
     done
 }
@@ -225,8 +231,10 @@ if [ -n "$SCALE" ]; then
     exit 0
 fi
 
+CPU_PIDS=
 for t in $TARGETS; do
     port=$(free_port)
+    CPU_PIDS=
     case $t in
         etcd-3.4) command -v etcd >/dev/null || { log "$t: no Debian etcd, skipped"; continue; } ;;
     esac
@@ -266,18 +274,22 @@ print(json.dumps(dict(label=sys.argv[2], workload="k8s", failed=not ok, **((c or
     esac
     sleep 2
     idle=$(rss "${SERVERS[0]}")
-    bench "$t" "$port" create 1,16,64
-    # Bytes written to disk per update (16 clients, 1 KiB values): the
-    # server's, and its database server's.
     case $t in
         *postgres*) dbpid=${DBS_PIDS[0]} ;;
         *mariadb*) dbpid=${DBS_PIDS[1]} ;;
         *) dbpid= ;;
     esac
+    # CPU per operation: the server's, and its database server's.
+    CPU_PIDS=${SERVERS[0]}${dbpid:+,$dbpid}
+    bench "$t" "$port" create 1,16,64
+    # Bytes written to disk per update (16 clients, 1 KiB values): the
+    # server's, and its database server's.
     w0=$(written "${SERVERS[0]}") d0=$([ -n "$dbpid" ] && written "$dbpid" || echo 0)
     bench "$t" "$port" update 16
     w1=$(written "${SERVERS[0]}") d1=$([ -n "$dbpid" ] && written "$dbpid" || echo 0)
-    ops=$(tail -1 "$RESULTS" | python3 -c 'import json, sys; r = json.loads(sys.stdin.read() or "{}"); print(sum(x.get("ops", 0) for x in (r if isinstance(r, list) else [r])))' 2>/dev/null || echo 0)
+    # The last result: the update run above (one client level).
+    ops=$(python3 -c 'import sys; sys.path.insert(0, "scripts/lib"); from bench_report import load
+print(load(sys.argv[1])[-1].get("ops", 0))' "$RESULTS" 2>/dev/null || echo 0)
     echo "{\"label\":\"$t\",\"workload\":\"disk\",\"updates\":$ops,\"server_bytes\":$((w1 - w0)),\"db_bytes\":$((d1 - d0))}" >>"$RESULTS"
     bench "$t" "$port" update 64
     bench "$t" "$port" get 16,64

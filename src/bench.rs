@@ -103,6 +103,11 @@ pub struct BenchArgs {
     /// Label for this run (e.g. "koine-sqlite"), shown in the output.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Processes whose CPU time (user + system, with their children's:
+    /// PostgreSQL's backends) each measurement reports per operation —
+    /// the server, its database server.
+    #[arg(long, value_delimiter = ',')]
+    pub cpu_pids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,6 +121,9 @@ pub struct BenchResult {
     pub ops_per_sec: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// CPU microseconds per operation of each of `--cpu-pids`, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cpu_us_per_op: Vec<f64>,
 }
 
 const PREFIX: &str = "/bench/";
@@ -353,6 +361,7 @@ async fn load(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_ticks(&args.cpu_pids);
     let start = Instant::now();
     let run_id: u64 = rand::random::<u32>() as u64;
     let mut tasks = tokio::task::JoinSet::new();
@@ -412,15 +421,66 @@ async fn load(
         errors += e;
     }
     let seconds = start.elapsed().as_secs_f64();
+    let cpu_after = cpu_ticks(&args.cpu_pids);
     let _ = progress.await;
-    Ok(summarize(
-        &args.label,
-        workload,
-        clients,
-        lat,
-        errors,
-        seconds,
-    ))
+    let mut r = summarize(&args.label, workload, clients, lat, errors, seconds);
+    let hz = clock_ticks_per_second();
+    r.cpu_us_per_op = cpu_before
+        .iter()
+        .zip(&cpu_after)
+        .map(|(b, a)| a.saturating_sub(*b) as f64 / hz * 1e6 / r.ops.max(1) as f64)
+        .collect();
+    Ok(r)
+}
+
+/// The unit of /proc's CPU times.
+#[allow(unsafe_code)]
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a constant of the system.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// CPU clock ticks (user + system) each process has used, with what its
+/// children used: the exited ones it waited for, and the live ones.
+fn cpu_ticks(pids: &[u32]) -> Vec<u64> {
+    // Fields after the command's closing parenthesis: state is 3, ppid 4,
+    // utime 14, stime 15, cutime 16, cstime 17 (proc(5)).
+    fn stat(pid: &str) -> Option<Vec<u64>> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &text[text.rfind(')')? + 2..];
+        Some(
+            rest.split(' ')
+                .map(|f| f.parse().unwrap_or(0))
+                .collect::<Vec<u64>>(),
+        )
+    }
+    let field = |f: &[u64], n: usize| f.get(n - 3).copied().unwrap_or(0);
+    let all: Vec<Vec<u64>> = match std::fs::read_dir("/proc") {
+        Ok(dir) => dir
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let name = name.to_str()?;
+                name.bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| stat(name))?
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    pids.iter()
+        .map(|&pid| {
+            let own = stat(&pid.to_string()).map_or(0, |f| {
+                field(&f, 14) + field(&f, 15) + field(&f, 16) + field(&f, 17)
+            });
+            let children: u64 = all
+                .iter()
+                .filter(|f| field(f, 4) == pid as u64)
+                .map(|f| field(f, 14) + field(f, 15))
+                .sum();
+            own + children
+        })
+        .collect()
 }
 
 fn summarize(
@@ -449,6 +509,7 @@ fn summarize(
         ops_per_sec: lat.len() as f64 / seconds,
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
+        cpu_us_per_op: Vec::new(),
     }
 }
 

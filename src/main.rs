@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load an etcd endpoint (Koine or etcd) and report throughput and latency.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Fill an empty Koine database from an etcd snapshot, a live etcd, a
     /// kine database or another Koine database, keeping the revisions.
     Import(Box<ImportArgs>),
@@ -55,7 +55,7 @@ async fn run() -> anyhow::Result<()> {
             .init(),
     }
     match cli.command {
-        Some(Command::Bench(args)) => return koine::bench::run(args).await,
+        Some(Command::Bench(args)) => return koine::bench::run(*args).await,
         Some(Command::Import(args)) => return koine::import::run(*args).await,
         None => {}
     }

@@ -87,11 +87,13 @@ def main():
     for n in sizes:
         print(f"| {n:,} | " + " | ".join(
             f"{rss[(t, n)]:.0f}" if (t, n) in rss else "—" for t in targets) + " |")
-    print("\n## Restart on the loaded data: seconds until a read answers, RSS then (MiB)\n")
+    print("\n## Restart on the loaded data: seconds to stop (SIGTERM until exit), "
+          "seconds until a read answers, RSS then (MiB)\n")
     print("| keys | " + " | ".join(targets) + " |")
     print("|---|" + "---|" * len(targets))
     for n in sizes:
         print(f"| {n:,} | " + " | ".join(
+            f"{restart[(t, n)].get('stop_seconds', float('nan')):.2f} s, "
             f"{restart[(t, n)]['seconds']:.2f} s, {restart[(t, n)]['after_mib']:.0f}"
             if (t, n) in restart else "—" for t in targets) + " |")
 
