@@ -222,17 +222,6 @@ impl Index {
             .is_some_and(|e| e.rev() == rev && !e.tomb)
     }
 
-    /// The history of `key`, created empty if the key is new.
-    fn entry_mut(&mut self, key: &Bytes) -> &mut History {
-        if !self.keys.contains_key(key.as_ref()) {
-            // The key is copied: a request's key is a slice of the whole
-            // request buffer, which it would otherwise keep alive.
-            self.keys
-                .insert(Bytes::copy_from_slice(key), History::new());
-        }
-        self.keys.get_mut(key.as_ref()).expect("inserted above")
-    }
-
     /// Links `key` to the lease of its change `e`. Links are only added
     /// here (readers check each key at their revision, and a reader below
     /// a change that detached the key must still find it); compaction
@@ -259,23 +248,32 @@ impl Index {
         });
     }
 
-    fn push(&mut self, key: &Bytes, e: Entry) {
+    /// Appends `e` to `key`'s history, unless the history already holds a
+    /// change at or above it; a new key is stored as `stored` makes it.
+    /// Counts the change and links its lease. Returns whether it appended.
+    fn append(&mut self, key: &Bytes, e: Entry, stored: impl FnOnce() -> Bytes) -> bool {
         match self.keys.get_mut(key.as_ref()) {
-            Some(h) => {
-                debug_assert!(
-                    h.last().is_none_or(|b| b.rev() < e.rev()),
-                    "changes in order"
-                );
-                h.push(e);
-            }
+            Some(h) if h.last().is_some_and(|last| last.rev() >= e.rev()) => return false,
+            Some(h) => h.push(e),
             None => {
-                self.entry_mut(key).push(e);
+                let mut h = History::new();
+                h.push(e);
+                self.keys.insert(stored(), h);
             }
         }
         self.entries += 1;
         if !e.tomb && e.lease != 0 {
             self.link(key, e);
         }
+        true
+    }
+
+    /// Appends the writer's change `e` of `key`. A new key is copied: a
+    /// request's key is a slice of the whole request buffer, which it
+    /// would otherwise keep alive.
+    fn push(&mut self, key: &Bytes, e: Entry) {
+        let appended = self.append(key, e, || Bytes::copy_from_slice(key));
+        debug_assert!(appended, "changes in order");
     }
 
     /// Records a put of `key` at `rev`: the version follows the key's
@@ -333,19 +331,7 @@ impl Index {
             sub: rev.sub as u32,
             tomb: c.deleted,
         };
-        match self.keys.get_mut(c.kv.key.as_ref()) {
-            Some(h) if h.last().is_some_and(|last| last.rev() >= rev) => return,
-            Some(h) => h.push(e),
-            None => {
-                let mut h = History::new();
-                h.push(e);
-                self.keys.insert(c.kv.key.clone(), h);
-            }
-        }
-        self.entries += 1;
-        if !e.tomb && e.lease != 0 {
-            self.link(&c.kv.key, e);
-        }
+        self.append(&c.kv.key, e, || c.kv.key.clone());
     }
 
     /// Takes out the changes of `keys` above `revision` (a batch that did
@@ -419,6 +405,153 @@ impl Index {
     /// Records the compact revision (never moves backwards).
     pub fn set_compact(&mut self, at: Revision) {
         self.compact = self.compact.max(at);
+    }
+}
+
+/// The first bytes of a saved index, with the format's version.
+const SAVED: &[u8; 8] = b"KOINEIX1";
+
+impl Index {
+    /// Writes the index (its committed changes) with `token`, little
+    /// endian, a CRC-32C of everything last.
+    pub fn save(&self, token: u64, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut w = Checksummed {
+            inner: w,
+            crc: crate::types::Crc32c::new(),
+        };
+        let committed = |h: &History| h.iter().filter(|e| e.main <= self.revision).count();
+        let keys = self.keys.values().filter(|h| committed(h) > 0).count();
+        w.put(SAVED)?;
+        w.put(&token.to_le_bytes())?;
+        w.put(&self.revision.to_le_bytes())?;
+        w.put(&self.compact.to_le_bytes())?;
+        w.put(&(keys as u64).to_le_bytes())?;
+        for (k, h) in &self.keys {
+            let n = committed(h);
+            if n == 0 {
+                continue;
+            }
+            w.put(&(k.len() as u32).to_le_bytes())?;
+            w.put(k)?;
+            w.put(&(n as u32).to_le_bytes())?;
+            for e in &h[..n] {
+                w.put(&e.main.to_le_bytes())?;
+                w.put(&e.sub.to_le_bytes())?;
+                w.put(&e.create.to_le_bytes())?;
+                w.put(&e.version.to_le_bytes())?;
+                w.put(&e.lease.to_le_bytes())?;
+                w.put(&[u8::from(e.tomb)])?;
+            }
+        }
+        let crc = w.crc.clone().finish();
+        w.inner.write_all(&crc.to_le_bytes())
+    }
+
+    /// Reads an index [`Index::save`] wrote; answers its token too.
+    pub fn load(r: &mut impl std::io::Read) -> std::io::Result<(u64, Index)> {
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let mut r = Checksummed {
+            inner: r,
+            crc: crate::types::Crc32c::new(),
+        };
+        let mut magic = [0u8; 8];
+        r.take(&mut magic)?;
+        if &magic != SAVED {
+            return Err(bad("not a saved key index of this version"));
+        }
+        let token = r.u64()?;
+        let revision = r.u64()? as i64;
+        let compact = r.u64()? as i64;
+        let keys = r.u64()?;
+        let mut ix = Index::new(revision, compact);
+        let mut all = Vec::with_capacity(keys.min(1 << 24) as usize);
+        let mut last: Option<Bytes> = None;
+        for _ in 0..keys {
+            let len = r.u32()? as usize;
+            let mut key = vec![0u8; len];
+            r.take(&mut key)?;
+            let key = Bytes::from(key);
+            if last.as_ref().is_some_and(|l| *l >= key) {
+                return Err(bad("keys out of order"));
+            }
+            let n = r.u32()?;
+            let mut h = History::new();
+            for _ in 0..n {
+                let e = Entry {
+                    main: r.u64()? as i64,
+                    sub: r.u32()?,
+                    create: r.u64()? as i64,
+                    version: r.u64()? as i64,
+                    lease: r.u64()? as i64,
+                    tomb: {
+                        let mut b = [0u8; 1];
+                        r.take(&mut b)?;
+                        b[0] != 0
+                    },
+                };
+                if e.main > revision || h.last().is_some_and(|p| p.rev() >= e.rev()) {
+                    return Err(bad("changes out of order"));
+                }
+                h.push(e);
+            }
+            ix.entries += h.len();
+            last = Some(key.clone());
+            all.push((key, h));
+        }
+        let want = r.crc.clone().finish();
+        let mut crc = [0u8; 4];
+        r.inner.read_exact(&mut crc)?;
+        if u32::from_le_bytes(crc) != want {
+            return Err(bad("checksum mismatch"));
+        }
+        ix.keys = all.into_iter().collect();
+        let links: Vec<(Bytes, Entry)> = ix
+            .keys
+            .iter()
+            .flat_map(|(k, h)| {
+                h.iter()
+                    .filter(|e| !e.tomb && e.lease != 0)
+                    .map(move |e| (k.clone(), *e))
+            })
+            .collect();
+        for (k, e) in links {
+            ix.link(&k, e);
+        }
+        Ok((token, ix))
+    }
+}
+
+/// A reader or writer that keeps a CRC-32C of what passes.
+struct Checksummed<T> {
+    inner: T,
+    crc: crate::types::Crc32c,
+}
+
+impl<W: std::io::Write> Checksummed<&mut W> {
+    fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.crc.update(b);
+        self.inner.write_all(b)
+    }
+}
+
+impl<R: std::io::Read> Checksummed<&mut R> {
+    fn take(&mut self, b: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_exact(b)?;
+        self.crc.update(b);
+        Ok(())
+    }
+
+    fn u64(&mut self) -> std::io::Result<u64> {
+        let mut b = [0u8; 8];
+        self.take(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn u32(&mut self) -> std::io::Result<u32> {
+        let mut b = [0u8; 4];
+        self.take(&mut b)?;
+        Ok(u32::from_le_bytes(b))
     }
 }
 
@@ -561,6 +694,31 @@ mod tests {
         }
         assert_eq!(ix.len(), 2);
         assert!(ix.get(b"c", 8).is_none());
+    }
+
+    #[test]
+    fn a_saved_index_loads_as_it_was() {
+        let mut ix = sample();
+        ix.put(&b("lease/x"), rev(8), 5);
+        ix.set_revision(8);
+        ix.put(&b("in-flight"), rev(9), 0); // above the revision: not saved
+        let mut file = Vec::new();
+        ix.save(42, &mut file).unwrap();
+        let (token, back) = Index::load(&mut file.as_slice()).unwrap();
+        assert_eq!(token, 42);
+        assert_eq!((back.revision(), back.compact_revision()), (8, 0));
+        for r in 1..=8 {
+            assert_eq!(back.range(&all(), r, None), ix.range(&all(), r, None));
+        }
+        assert!(back.get(b"in-flight", 9).is_none());
+        assert_eq!(keys(&back.with_lease(5, 8)), ["lease/x"]);
+        assert_eq!(keys(&back.with_lease(9, 4)), ["b"]);
+        assert_eq!(back.entries(), ix.entries() - 1);
+        // A damaged or cut file is refused.
+        let mut bad = file.clone();
+        bad[40] ^= 1;
+        assert!(Index::load(&mut bad.as_slice()).is_err());
+        assert!(Index::load(&mut &file[..file.len() - 1]).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::mvcc::index::{Found, Index};
 use crate::mvcc::values::ValueCache;
 use crate::mvcc::writer::BoxFut;
-use crate::sql::{Db, LogRow};
+use crate::sql::{Db, LogRow, Meta};
 use crate::types::{Event, EventKind, KeyValue, Rev, Revision};
 
 /// Revisions read per statement while building the index, at first; the
@@ -221,11 +221,17 @@ impl Memory {
     }
 }
 
-/// Builds the index from the whole log up to the store's revision (read
-/// first), with progress in the log every few seconds. Returns it with
-/// the revision and compact revision it describes.
+/// Builds the index from the log up to the store's revision (read first),
+/// from the checkpoint of the last graceful shutdown where there is one
+/// (`checkpoint.rs`), with progress in the log every few seconds.
 pub async fn build(db: &Db) -> Result<Index> {
-    let ix = build_from(db).await?;
+    let meta = db.meta().await?;
+    let start = match crate::mvcc::checkpoint::take(db).await {
+        // A checkpoint past the database's revision cannot be its own.
+        Some(ix) if ix.revision() <= meta.revision => ix,
+        _ => Index::new(0, meta.compact_revision),
+    };
+    let ix = build_from(db, &meta, start).await?;
     release_freed_memory();
     Ok(ix)
 }
@@ -243,11 +249,11 @@ pub fn release_freed_memory() {
     }
 }
 
-async fn build_from(db: &Db) -> Result<Index> {
+/// Brings `ix` (empty, or a checkpoint) up to `meta`'s revision from the
+/// log, and compacts it to its compact revision.
+async fn build_from(db: &Db, meta: &Meta, mut ix: Index) -> Result<Index> {
     let started = Instant::now();
-    let meta = db.meta().await?;
-    let mut ix = Index::new(0, meta.compact_revision);
-    let (mut from, mut span, mut rows) = (0, BUILD_SPAN, 0u64);
+    let (mut from, mut span, mut rows) = (ix.revision(), BUILD_SPAN, 0u64);
     let mut reported = Instant::now();
     // The next span is read while this one is applied.
     let read = |from: Revision, upto: Revision| {
@@ -289,6 +295,7 @@ async fn build_from(db: &Db) -> Result<Index> {
         }
     }
     ix.set_revision(meta.revision);
+    ix.set_compact(meta.compact_revision);
     let mut next = None;
     loop {
         next = ix.compact_some(

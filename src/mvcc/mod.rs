@@ -18,6 +18,7 @@
 //! leader lock, lease expiry, compaction) until the token is cancelled.
 
 pub(crate) mod apply;
+mod checkpoint;
 mod compact;
 mod counts;
 mod feed;
@@ -108,6 +109,10 @@ pub struct Store {
 pub struct Engine {
     tasks: Vec<JoinHandle<()>>,
     writer: JoinHandle<()>,
+    /// For the checkpoint written at the end.
+    db: Db,
+    feed: Arc<Feed>,
+    ready: tokio::sync::watch::Receiver<Readiness>,
 }
 
 /// What the engine holds in memory.
@@ -180,7 +185,14 @@ pub async fn start(
         revision = meta.revision,
         "engine started"
     );
-    Ok((store, Engine { tasks, writer }))
+    let engine = Engine {
+        tasks,
+        writer,
+        db,
+        feed: store.feed.clone(),
+        ready: store.ready.clone(),
+    };
+    Ok((store, engine))
 }
 
 /// Builds the key index from the log, trying again every few seconds
@@ -282,7 +294,12 @@ impl Engine {
         for task in self.tasks {
             let _ = task.await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.writer).await;
+        let drained = tokio::time::timeout(Duration::from_secs(10), self.writer).await;
+        // The index holds every committed revision once the writer is
+        // done: the next start reads it instead of the whole log.
+        if drained.is_ok() && matches!(&*self.ready.borrow(), Some(Ok(()))) {
+            checkpoint::save(&self.db, self.feed).await;
+        }
     }
 }
 

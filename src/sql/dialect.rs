@@ -35,6 +35,13 @@ pub trait Dialect: Send + Sync + 'static {
     /// database can push them (PostgreSQL LISTEN); `None` where instances
     /// only poll.
     fn notifications(&self) -> BoxFuture<'_, Result<Option<Box<dyn Notifications>>>>;
+
+    /// Where this instance may keep a checkpoint of its key index between
+    /// runs: beside a database file only it uses (SQLite); `None`
+    /// elsewhere.
+    fn checkpoint_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// SQL text that differs per database, spliced into the statements of

@@ -328,20 +328,24 @@ fn position_args(revs: &[Rev]) -> Vec<Arg<'static>> {
         .collect()
 }
 
-/// The statements reading the values at `revs`, at most `BY_POSITION` a
-/// statement, with their arguments. Sizes are rounded up to a power of two
-/// (the list padded with its first position) so that few distinct
-/// statements are prepared.
+/// `items` in runs of at most `BY_POSITION`, each padded with its first
+/// item to a power of two: statements that take a list are then prepared
+/// in few distinct sizes.
+fn padded_chunks<T: Copy>(items: &[T]) -> impl Iterator<Item = Vec<T>> + '_ {
+    items.chunks(BY_POSITION).map(|chunk| {
+        let mut padded = chunk.to_vec();
+        padded.resize(chunk.len().next_power_of_two(), chunk[0]);
+        padded
+    })
+}
+
+/// The statements reading the values at `revs` ([`padded_chunks`]), with
+/// their arguments.
 fn value_reads<'r>(
     q: &'r Queries,
     revs: &'r [Rev],
 ) -> impl Iterator<Item = (Arc<str>, Vec<Arg<'static>>)> + 'r {
-    revs.chunks(BY_POSITION).map(|chunk| {
-        let size = chunk.len().next_power_of_two();
-        let mut args = position_args(chunk);
-        args.extend(position_args(&vec![chunk[0]; size - chunk.len()]));
-        (q.many(Many::Values, size), args)
-    })
+    padded_chunks(revs).map(|chunk| (q.many(Many::Values, chunk.len()), position_args(&chunk)))
 }
 
 /// The single value of a one-row, one-column result.
@@ -450,6 +454,19 @@ impl Db {
     pub async fn token(&self, token: &[u8]) -> Result<Option<(Bytes, i64)>> {
         let row: Option<TokenRow> = self.fetch(Q::TokenGet, &[Arg::Bytes(token)]).await?.pop();
         Ok(row.map(|TokenRow(user, left)| (user, left)))
+    }
+
+    /// The token of the key index checkpoint the database matches (0:
+    /// none).
+    pub async fn checkpoint_token(&self) -> Result<i64> {
+        one(self.fetch(Q::CheckpointGet, &[]).await?, "koine_meta")
+    }
+
+    /// Records the token of the checkpoint just written (0 forgets it).
+    pub async fn set_checkpoint_token(&self, token: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        tx.exec(Q::CheckpointSet, &[Arg::I64(token)]).await?;
+        tx.commit().await
     }
 
     /// The cluster id chosen when the database was created.
@@ -856,14 +873,12 @@ impl DbTx {
     }
 
     /// Which of `ids` (distinct) exist, in one statement per
-    /// `BY_POSITION` (sizes rounded up to a power of two).
+    /// [`padded_chunks`] run.
     pub async fn leases_existing(&mut self, ids: &[LeaseId]) -> Result<Vec<LeaseId>> {
         let mut found = Vec::new();
-        for chunk in ids.chunks(BY_POSITION) {
-            let size = chunk.len().next_power_of_two();
-            let mut args: Vec<Arg<'_>> = chunk.iter().map(|id| Arg::I64(*id)).collect();
-            args.resize(size, Arg::I64(chunk[0]));
-            let sql = self.q.many(Many::LeasesIn, size);
+        for chunk in padded_chunks(ids) {
+            let args: Vec<Arg<'_>> = chunk.iter().map(|id| Arg::I64(*id)).collect();
+            let sql = self.q.many(Many::LeasesIn, chunk.len());
             found.extend(self.inner.fetch::<i64>(&sql, &args, &*self.dialect).await?);
         }
         Ok(found)

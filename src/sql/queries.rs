@@ -28,6 +28,8 @@ pub enum Q {
     ImportWipeTokens,
     ImportWipeAlarms,
     ImportStart,
+    CheckpointGet,
+    CheckpointSet,
     ImportFinish,
     ClusterId,
     LogChanges,
@@ -141,8 +143,8 @@ impl Queries {
             (Q::ImportWipeAlarms, "DELETE FROM koine_alarm".into()),
             (
                 Q::ImportStart,
-                "UPDATE koine_meta SET revision = 0, compact_revision = 0, compacted_to = 0 \
-                 WHERE id = 1"
+                "UPDATE koine_meta SET revision = 0, compact_revision = 0, compacted_to = 0, \
+                 checkpoint = 0 WHERE id = 1"
                     .into(),
             ),
             (
@@ -150,6 +152,14 @@ impl Queries {
                 "UPDATE koine_meta SET revision = ?, compact_revision = ?, compacted_to = ? \
                  WHERE id = 1"
                     .into(),
+            ),
+            (
+                Q::CheckpointGet,
+                "SELECT checkpoint FROM koine_meta WHERE id = 1".into(),
+            ),
+            (
+                Q::CheckpointSet,
+                "UPDATE koine_meta SET checkpoint = ? WHERE id = 1".into(),
             ),
             (
                 Q::ClusterId,

@@ -41,6 +41,8 @@ struct Sqlite {
     corrupt: std::sync::atomic::AtomicBool,
     /// The lock file this process holds while it owns the database.
     _owner: Option<std::fs::File>,
+    /// The database file (none in memory).
+    path: Option<PathBuf>,
 }
 
 /// SQLite's result codes (the primary code of an extended one is its low
@@ -83,6 +85,12 @@ impl Dialect for Sqlite {
 
     fn notifications(&self) -> BoxFuture<'_, Result<Option<Box<dyn Notifications>>>> {
         Box::pin(async { Ok(None) })
+    }
+
+    fn checkpoint_path(&self) -> Option<PathBuf> {
+        let mut name = self.path.as_ref()?.as_os_str().to_owned();
+        name.push(".index");
+        Some(name.into())
     }
 }
 
@@ -175,6 +183,7 @@ pub async fn connect(cfg: &SqliteConfig) -> anyhow::Result<Db> {
     Ok(Db::new(
         Arc::new(Sqlite {
             _owner: Some(owner),
+            path: Some(cfg.path.clone()),
             ..Sqlite::default()
         }),
         Pool::Sqlite(read),

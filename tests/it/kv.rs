@@ -695,6 +695,143 @@ async fn state_survives_restart() {
     assert_eq!(r.header().unwrap().revision(), 5, "revisions continue");
 }
 
+/// Runs SQL on the SQLite database at `path` behind Koine's back.
+async fn sqlite_exec(path: &std::path::Path, statements: &[&'static str]) {
+    use sqlx::{Connection, Executor};
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    for s in statements {
+        c.execute(*s).await.expect(s);
+    }
+}
+
+/// A graceful stop leaves a checkpoint of the key index beside the SQLite
+/// file; the next start reads it (and removes it) and then the log after
+/// it. It is used only while the database holds its token: the test
+/// renames a key in the log behind Koine's back, so that an index read
+/// from the checkpoint and one built from the log answer differently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_read_the_index_checkpoint_only_while_it_matches() {
+    let k = crate::harness::Koine::start(&[]).await;
+    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    for i in 0..50 {
+        c.put(format!("k{i:02}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    c.delete("k1", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let lease = c.lease_grant(300, None).await.unwrap().id();
+    c.put("leased", "l", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    c.compact(20, None).await.unwrap();
+    c.put("a", "1", None).await.unwrap();
+    let all = || Some(GetOptions::new().with_from_key());
+    let dump = |c: &mut etcd_client::Client, rev: i64| {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .get(vec![0u8], all().map(|o| o.with_revision(rev)))
+                .await
+                .unwrap();
+            r.kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key().to_vec(),
+                        kv.mod_revision(),
+                        kv.version(),
+                        kv.lease(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let now = c.get("a", None).await.unwrap().header().unwrap().revision();
+    let mut want = Vec::new();
+    for rev in 20..=now {
+        want.push(dump(&mut c, rev).await);
+    }
+    drop(c);
+
+    // Stopped: the checkpoint is written. Started again: it is read, and
+    // every retained revision answers as before.
+    let dir = k.stop().await;
+    let db = dir.path().join("state.db");
+    let checkpoint = dir.path().join("state.db.index");
+    assert!(checkpoint.exists(), "no checkpoint after a graceful stop");
+    // Behind Koine's back, "a" becomes "z" in the log: only an index read
+    // from the checkpoint still says "a".
+    sqlite_exec(
+        &db,
+        &["UPDATE koine_log SET k = CAST('z' AS BLOB) WHERE k = CAST('a' AS BLOB)"],
+    )
+    .await;
+    let k = crate::harness::Koine::start_in(dir, &[]).await;
+    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let got = c.get("a", None).await.unwrap();
+    assert_eq!(
+        got.kvs()[0].key(),
+        b"a",
+        "the index came from the checkpoint"
+    );
+    assert!(!checkpoint.exists(), "a checkpoint is read once");
+    // Its token is cleared as it is read: a copy of the running database
+    // does not match the file.
+    let token: i64 = {
+        use sqlx::Connection;
+        let mut q = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT checkpoint FROM koine_meta")
+            .fetch_one(&mut q)
+            .await
+            .unwrap()
+    };
+    assert_eq!(token, 0, "the token is cleared when the checkpoint is read");
+    for (i, rev) in (20..now).enumerate() {
+        assert_eq!(dump(&mut c, rev).await, want[i], "revision {rev}");
+    }
+    let t = c
+        .lease_time_to_live(
+            lease,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.keys(), [b"leased".to_vec()]);
+    let r = c.put("b", "x", None).await.unwrap();
+    assert_eq!(
+        r.header().unwrap().revision(),
+        now + 1,
+        "revisions continue"
+    );
+    drop(c);
+
+    // A checkpoint whose token the database does not hold (here: the
+    // database says another one) is not used: the index is built from
+    // the log, which says "z".
+    let dir = k.stop().await;
+    assert!(checkpoint.exists());
+    sqlite_exec(&db, &["UPDATE koine_meta SET checkpoint = checkpoint + 1"]).await;
+    let k = crate::harness::Koine::start_in(dir, &[]).await;
+    let mut c = etcd_client::Client::connect([k.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    assert!(c.get("a", None).await.unwrap().kvs().is_empty());
+    assert!(!checkpoint.exists());
+    assert_eq!(c.get("z", None).await.unwrap().kvs()[0].value(), b"1");
+    let r = c.put("c", "x", None).await.unwrap();
+    assert_eq!(r.header().unwrap().revision(), now + 2);
+}
+
 /// kube-apiserver's compactor: a Txn on `compact_rev_key` guarded by its
 /// version, then Compact — with the key treated as an ordinary key.
 async fn compact_rev_key_protocol(s: Server) {
