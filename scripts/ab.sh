@@ -3,8 +3,10 @@
 # change. Each round starts every build in turn on fresh data (a new SQLite
 # file, or a new database on one throwaway PostgreSQL / MariaDB server) and
 # runs `koine bench` against it; builds alternate round by round, so drift
-# of a shared machine hits both alike. Reports ops/s, p50 / p99 and the
-# server's CPU time per operation (from /proc, user + system).
+# of a shared machine hits both alike. Reports ops/s, p50 / p99, the
+# server's CPU time per operation (from /proc, user + system) and the bytes
+# it wrote to disk per operation (/proc/PID/io write_bytes; SQLite's
+# writes are the server's, a database server's are not counted).
 #
 #   scripts/ab.sh [--db sqlite|postgres|mariadb] [--rounds N]
 #                 [--workload W[,W..]] [--clients C[,C..]] [--duration 5s]
@@ -61,9 +63,10 @@ dsn() {
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+written() { awk '/^write_bytes/ {print $2}' "/proc/$1/io"; }
 
-echo "| round | build | workload | clients | ops/s | p50 ms | p99 ms | server CPU µs/op |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| round | build | workload | clients | ops/s | p50 ms | p99 ms | server CPU µs/op | server bytes written/op |"
+echo "|---|---|---|---|---|---|---|---|---|"
 run=0
 for round in $(seq "$rounds"); do
     for b in "${builds[@]}"; do
@@ -78,18 +81,19 @@ for round in $(seq "$rounds"); do
         done
         for w in ${workload//,/ }; do
             for c in ${clients//,/ }; do
-                t0=$(cpu_ticks "$server")
+                t0=$(cpu_ticks "$server") w0=$(written "$server")
                 out=$("$bench" bench --endpoint "http://127.0.0.1:$port" --workload "$w" \
                     --clients "$c" --duration "$duration" --json "${extra[@]}" 2>"$work/bench.err") || { cat "$work/bench.err" >&2; exit 1; }
-                t1=$(cpu_ticks "$server")
-                python3 - "$round" "$b" "$t0" "$t1" "$(getconf CLK_TCK)" "$out" <<'PY'
+                t1=$(cpu_ticks "$server") w1=$(written "$server")
+                python3 - "$round" "$b" "$t0" "$t1" "$(getconf CLK_TCK)" "$out" "$w0" "$w1" <<'PY'
 import json, sys
-rnd, build, t0, t1, hz, out = sys.argv[1:]
+rnd, build, t0, t1, hz, out, w0, w1 = sys.argv[1:]
 for r in json.loads(out):
     cpu_us = (int(t1) - int(t0)) / int(hz) * 1e6
-    print("| %s | %s | %s | %s | %.0f | %.2f | %.2f | %.0f |" % (
+    ops = max(r["ops"], 1)
+    print("| %s | %s | %s | %s | %.0f | %.2f | %.2f | %.0f | %.0f |" % (
         rnd, build, r["workload"], r["clients"], r["ops_per_sec"],
-        r["p50_ms"], r["p99_ms"], cpu_us / max(r["ops"], 1)))
+        r["p50_ms"], r["p99_ms"], cpu_us / ops, (int(w1) - int(w0)) / ops))
 PY
             done
         done

@@ -53,6 +53,10 @@ pub struct DialectSql {
     /// PostgreSQL numbers its placeholders (`$1, $2, …`); the others take
     /// `?`, which is what the shared statements are written with.
     pub numbered_placeholders: bool,
+    /// The log's rows are found by their rowid, `revision * 2^24 + sub`
+    /// (SQLite, `migrations/sqlite/0009`): the table is its only B-tree,
+    /// with no second one for its `(revision, sub)` key.
+    pub log_rowid: bool,
     /// Begins a write transaction holding whatever the database needs held
     /// (SQLite: the write lock at once, so no writer ever waits mid-way).
     pub begin_write: &'static str,

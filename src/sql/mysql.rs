@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 pub const SQL: DialectSql = DialectSql {
     name: "MySQL",
     numbered_placeholders: false,
+    log_rowid: false,
     begin_write: "BEGIN",
     // The reader sessions run REPEATABLE READ (set at connect), so this is
     // one snapshot for the whole read.

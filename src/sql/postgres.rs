@@ -22,6 +22,7 @@ const CHANNEL: &str = "koine_revision";
 pub const SQL: DialectSql = DialectSql {
     name: "PostgreSQL",
     numbered_placeholders: true,
+    log_rowid: false,
     begin_write: "BEGIN",
     begin_read: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
     now_ms: "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",

@@ -95,12 +95,16 @@ impl Queries {
             (
                 Q::MetaLock,
                 format!(
-                    "SELECT revision, compact_revision FROM koine_meta WHERE id = 1{lock_meta}"
+                    "SELECT {}, compact_revision FROM koine_meta WHERE id = 1{lock_meta}",
+                    meta_revision(sql)
                 ),
             ),
             (
                 Q::MetaRead,
-                "SELECT revision, compact_revision FROM koine_meta WHERE id = 1".into(),
+                format!(
+                    "SELECT {}, compact_revision FROM koine_meta WHERE id = 1",
+                    meta_revision(sql)
+                ),
             ),
             (
                 Q::MetaSetRevision,
@@ -167,24 +171,33 @@ impl Queries {
             ),
             (
                 Q::LogChanges,
-                "SELECT revision, sub, k, create_revision, version, lease, value, deleted, \
+                format!(
+                    "SELECT revision, sub, k, create_revision, version, lease, value, deleted, \
                  prev_revision, (SELECT compact_revision FROM koine_meta WHERE id = 1), \
                  (SELECT compacted_to FROM koine_meta WHERE id = 1) \
-                 FROM koine_log WHERE revision > ? AND revision <= ? ORDER BY revision, sub"
-                    .into(),
+                 FROM koine_log WHERE {}",
+                    log_span(sql)
+                ),
             ),
             (
                 Q::LogDeleteSpan,
-                "DELETE FROM koine_log WHERE revision >= ? AND revision <= ?".into(),
+                if sql.log_rowid {
+                    format!(
+                        "DELETE FROM koine_log WHERE id >= ? * {SUBS} AND id < (? + 1) * {SUBS}"
+                    )
+                } else {
+                    "DELETE FROM koine_log WHERE revision >= ? AND revision <= ?".into()
+                },
             ),
             (
                 // The same without values: what the key index is built
                 // from, and what compaction looks at.
                 Q::LogScan,
-                "SELECT revision, sub, k, create_revision, version, lease, deleted, \
-                 prev_revision FROM koine_log WHERE revision > ? AND revision <= ? \
-                 ORDER BY revision, sub"
-                    .into(),
+                format!(
+                    "SELECT revision, sub, k, create_revision, version, lease, deleted, \
+                     prev_revision FROM koine_log WHERE {}",
+                    log_span(sql)
+                ),
             ),
             (
                 Q::LeaseGet,
@@ -230,10 +243,12 @@ impl Queries {
                 Q::MetaAndAuthStamp,
                 // What the feed follows: other instances' revisions and
                 // auth changes, in one round trip.
-                "SELECT m.revision, m.compact_revision, \
-                 (SELECT a.revision * 2 + a.enabled FROM koine_auth a WHERE a.id = 1) \
-                 FROM koine_meta m WHERE m.id = 1"
-                    .into(),
+                format!(
+                    "SELECT {}, compact_revision, \
+                     (SELECT a.revision * 2 + a.enabled FROM koine_auth a WHERE a.id = 1) \
+                     FROM koine_meta WHERE id = 1",
+                    meta_revision(sql)
+                ),
             ),
             (
                 Q::AuthRevision,
@@ -272,11 +287,23 @@ impl Queries {
                 // a position on (the caller sees to it that compaction has
                 // removed what it drops from the log first).
                 Q::LogHashPage,
-                "SELECT revision, sub, k, create_revision, version, lease, value, deleted \
-                 FROM koine_log WHERE revision <= ? \
-                 AND (revision > ? OR (revision = ? AND sub > ?)) \
-                 ORDER BY revision, sub LIMIT ?"
-                    .into(),
+                format!(
+                    "SELECT revision, sub, k, create_revision, version, lease, value, deleted \
+                     FROM koine_log WHERE {}",
+                    if sql.log_rowid {
+                        // Numbered, every one (sqlx binds an unnumbered
+                        // `?` by count); the third argument (the
+                        // position's revision again) is the other form's.
+                        format!(
+                            "id < (?1 + 1) * {SUBS} AND id > ?2 * {SUBS} + ?4 ORDER BY id \
+                             LIMIT ?5"
+                        )
+                    } else {
+                        "revision <= ? AND (revision > ? OR (revision = ? AND sub > ?)) \
+                         ORDER BY revision, sub LIMIT ?"
+                            .into()
+                    }
+                ),
             ),
             (
                 Q::AlarmList,
@@ -320,11 +347,34 @@ impl Queries {
         cache
             .entry((kind, rows))
             .or_insert_with(|| {
-                let insert = format!(
-                    "INSERT INTO koine_log (revision, sub, k, create_revision, version, lease, \
-                     value, deleted, prev_revision) VALUES {}",
-                    vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ")
-                );
+                let rowid = self.sql.log_rowid;
+                let insert = if rowid {
+                    // Each row's rowid from its first two arguments.
+                    format!(
+                        "INSERT INTO koine_log (id, revision, sub, k, create_revision, version, \
+                         lease, value, deleted, prev_revision) VALUES {}",
+                        numbered(rows, 9, |n| format!(
+                            "(?{0} * {SUBS} + ?{1}, ?{0}, ?{1}, ?{2}, ?{3}, ?{4}, ?{5}, ?{6}, \
+                             ?{7}, ?{8})",
+                            n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8]
+                        ))
+                    )
+                } else {
+                    format!(
+                        "INSERT INTO koine_log (revision, sub, k, create_revision, version, \
+                         lease, value, deleted, prev_revision) VALUES {}",
+                        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ")
+                    )
+                };
+                // The rows at some (revision, sub) positions.
+                let at = if rowid {
+                    format!(
+                        "id IN ({})",
+                        numbered(rows, 2, |n| format!("?{} * {SUBS} + ?{}", n[0], n[1]))
+                    )
+                } else {
+                    vec!["(revision = ? AND sub = ?)"; rows].join(" OR ")
+                };
                 let sql = match kind {
                     Many::Insert => insert,
                     Many::Finish => format!(
@@ -333,17 +383,21 @@ impl Queries {
                          b AS (INSERT INTO koine_batch (id, revision) VALUES (?, ?)) {}",
                         self.sql.notify.unwrap_or("SELECT 1 WHERE ? > 0")
                     ),
-                    Many::Values => format!(
-                        "SELECT revision, sub, value FROM koine_log WHERE {}",
-                        vec!["(revision = ? AND sub = ?)"; rows].join(" OR ")
-                    ),
-                    Many::Delete => format!(
-                        "DELETE FROM koine_log WHERE {}",
-                        vec!["(revision = ? AND sub = ?)"; rows].join(" OR ")
-                    ),
+                    Many::Values => {
+                        format!("SELECT revision, sub, value FROM koine_log WHERE {at}")
+                    }
+                    Many::Delete => format!("DELETE FROM koine_log WHERE {at}"),
                     Many::LeasesIn => format!(
                         "SELECT id FROM koine_lease WHERE id IN ({})",
                         vec!["?"; rows].join(", ")
+                    ),
+                    Many::DeleteVersions if rowid => format!(
+                        "DELETE FROM koine_log WHERE {}",
+                        numbered(rows, 2, |n| format!(
+                            "(id >= ?{0} * {SUBS} AND id < (?{0} + 1) * {SUBS} AND k = ?{1})",
+                            n[0], n[1]
+                        ))
+                        .replace("), (", ") OR (")
                     ),
                     Many::DeleteVersions => format!(
                         "DELETE FROM koine_log WHERE {}",
@@ -354,6 +408,46 @@ impl Queries {
             })
             .clone()
     }
+}
+
+/// The rowid factor of a log row's position where `DialectSql::log_rowid`:
+/// `revision * SUBS + sub` (`sub` < `SUBS`, checked by the table).
+pub const SUBS: i64 = 1 << 24;
+
+/// The WHERE clause (with its ORDER BY) of the log rows with revision in
+/// `(?, ?]`, in position order.
+fn log_span(sql: &DialectSql) -> String {
+    if sql.log_rowid {
+        format!("id >= (? + 1) * {SUBS} AND id < (? + 1) * {SUBS} ORDER BY id")
+    } else {
+        "revision > ? AND revision <= ? ORDER BY revision, sub".into()
+    }
+}
+
+/// The store's revision, read with the meta row. Where the log's rowid is
+/// its position, the writer leaves the meta row's revision alone unless its
+/// batch wrote a tombstone (`DbTx::write_batch`): the revision is then the
+/// newest in the log — its last rowid, one B-tree step — or the meta row's
+/// if that is newer (the newest rows were tombstones, which compaction
+/// may have removed). 0 stays 0: an import is under way.
+fn meta_revision(sql: &DialectSql) -> String {
+    if sql.log_rowid {
+        format!(
+            "CASE WHEN revision = 0 THEN 0 ELSE max(revision, \
+             coalesce((SELECT max(id) FROM koine_log), 0) / {SUBS}) END"
+        )
+    } else {
+        "revision".into()
+    }
+}
+
+/// `rows` items, each made by `item` from its `per` placeholder numbers
+/// (`?1`… counted across the items), joined by ", ".
+fn numbered(rows: usize, per: usize, item: impl Fn(&[usize]) -> String) -> String {
+    (0..rows)
+        .map(|r| item(&(1..=per).map(|i| r * per + i).collect::<Vec<_>>()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Rewrites `?` placeholders to `$1, $2, …` where the database numbers

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 pub const SQL: DialectSql = DialectSql {
     name: "SQLite",
     numbered_placeholders: false,
+    log_rowid: true,
     begin_write: "BEGIN IMMEDIATE",
     begin_read: "BEGIN",
     now_ms: "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",

@@ -527,8 +527,8 @@ async fn sql(dsn: &str, statements: &[String]) {
 
 /// What an earlier release's schema adds to this one's: the current-state
 /// table `koine_kv` (filled with each key's newest live version, as that
-/// release kept it) and the log's `(k, revision)` index, as SQL for
-/// `kind`'s database.
+/// release kept it) and the log's `(k, revision)` index, and on SQLite the
+/// log keyed by `(revision, sub)`, as SQL for `kind`'s database.
 fn earlier_schema(kind: &str) -> Vec<String> {
     let (blob, int, table_end) = match kind {
         "postgres" => ("BYTEA", "BIGINT", ""),
@@ -536,7 +536,24 @@ fn earlier_schema(kind: &str) -> Vec<String> {
         _ => ("BLOB", "INTEGER", " WITHOUT ROWID"),
     };
     let value = if kind == "mysql" { "LONGBLOB" } else { blob };
-    let mut out = vec![
+    let mut out = Vec::new();
+    if kind == "sqlite" {
+        // Before migrations/sqlite/0009 the log's key was a PRIMARY KEY
+        // (revision, sub), not its rowid.
+        out.extend([
+            "CREATE TABLE koine_log_keyed (revision INTEGER NOT NULL, sub INTEGER NOT NULL, \
+             k BLOB NOT NULL, create_revision INTEGER NOT NULL, version INTEGER NOT NULL, \
+             lease INTEGER NOT NULL, value BLOB NOT NULL, deleted INTEGER NOT NULL, \
+             prev_revision INTEGER NOT NULL, PRIMARY KEY (revision, sub))"
+                .to_string(),
+            "INSERT INTO koine_log_keyed SELECT revision, sub, k, create_revision, version, \
+             lease, value, deleted, prev_revision FROM koine_log"
+                .to_string(),
+            "DROP TABLE koine_log".to_string(),
+            "ALTER TABLE koine_log_keyed RENAME TO koine_log".to_string(),
+        ]);
+    }
+    out.extend([
         format!(
             "CREATE TABLE koine_kv (k {blob} NOT NULL PRIMARY KEY, create_revision {int} NOT NULL, \
              mod_revision {int} NOT NULL, version {int} NOT NULL, lease {int} NOT NULL, \
@@ -546,7 +563,7 @@ fn earlier_schema(kind: &str) -> Vec<String> {
          SELECT l.k, l.create_revision, l.revision, l.version, l.lease, l.value FROM koine_log l \
          WHERE l.deleted = 0 AND l.revision = (SELECT MAX(x.revision) FROM koine_log x WHERE x.k = l.k)"
             .to_string(),
-    ];
+    ]);
     out.push(match kind {
         "mysql" => "ALTER TABLE koine_log MODIFY k VARBINARY(3000) NOT NULL, \
                     ADD INDEX koine_log_key (k, revision)"
@@ -613,13 +630,14 @@ async fn upgrade_repairs_compacted_history(kind: &str) {
             blob(value)
         )
     };
-    // The repair migration, and the one that drops the earlier schema.
-    let (repair, log_only) = if kind == "sqlite" { (6, 7) } else { (5, 6) };
+    // The repair migration, the one that drops the earlier schema, and
+    // (SQLite) the one that makes the log's key its rowid.
+    let migrations = if kind == "sqlite" { "6, 7, 9" } else { "5, 6" };
     let mut statements = earlier_schema(kind);
     statements.extend([
         row(gone, "/gone", "g"),
         row(kept, "/kept", "k1"),
-        format!("DELETE FROM _sqlx_migrations WHERE version IN ({repair}, {log_only})"),
+        format!("DELETE FROM _sqlx_migrations WHERE version IN ({migrations})"),
     ]);
     sql(&dsn, &statements).await;
 
