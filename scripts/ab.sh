@@ -38,6 +38,7 @@ for b in "${builds[@]}"; do [ -x "$b" ] || { echo "not an executable: $b" >&2; e
 bench=${KOINE_BENCH:-${builds[0]}}
 
 . scripts/lib/dbs.sh
+. scripts/lib/proc.sh
 work=$(mktemp -d /tmp/koine-ab.XXXXXX)
 server=""
 cleanup() {
@@ -63,7 +64,6 @@ dsn() {
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-written() { awk '/^write_bytes/ {print $2}' "/proc/$1/io"; }
 
 echo "| round | build | workload | clients | ops/s | p50 ms | p99 ms | server CPU µs/op | server bytes written/op |"
 echo "|---|---|---|---|---|---|---|---|---|"

@@ -40,6 +40,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/dbs.sh
+source scripts/lib/proc.sh
 source scripts/lib/conformance.sh
 
 DUR=5s
@@ -99,20 +100,6 @@ MY_HOSTPORT=${MY_BASE#mysql://root@}
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 n=0
-
-# written PID...: bytes the processes, and their children (PostgreSQL's
-# backends and background writers, each in a session of its own), have
-# sent to storage (/proc/PID/io).
-written() {
-    local top pid total=0 b
-    for top in "$@"; do
-        for pid in $(ps -o pid= --ppid "$top" 2>/dev/null) "$top"; do
-            b=$(awk '/^write_bytes/ { print $2 }' "/proc/$pid/io" 2>/dev/null || echo 0)
-            total=$((total + ${b:-0}))
-        done
-    done
-    echo "$total"
-}
 
 # rss PID: resident set size in MiB.
 rss() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }

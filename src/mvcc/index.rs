@@ -419,7 +419,8 @@ impl Index {
             inner: w,
             crc: crate::types::Crc32c::new(),
         };
-        let committed = |h: &History| h.iter().filter(|e| e.main <= self.revision).count();
+        // A history is in revision order: its committed changes lead.
+        let committed = |h: &History| h.partition_point(|e| e.main <= self.revision);
         let keys = self.keys.values().filter(|h| committed(h) > 0).count();
         w.put(SAVED)?;
         w.put(&token.to_le_bytes())?;

@@ -353,7 +353,7 @@ impl Queries {
                     format!(
                         "INSERT INTO koine_log (id, revision, sub, k, create_revision, version, \
                          lease, value, deleted, prev_revision) VALUES {}",
-                        numbered(rows, 9, |n| format!(
+                        numbered(rows, 9, ", ", |n| format!(
                             "(?{0} * {SUBS} + ?{1}, ?{0}, ?{1}, ?{2}, ?{3}, ?{4}, ?{5}, ?{6}, \
                              ?{7}, ?{8})",
                             n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8]
@@ -370,7 +370,7 @@ impl Queries {
                 let at = if rowid {
                     format!(
                         "id IN ({})",
-                        numbered(rows, 2, |n| format!("?{} * {SUBS} + ?{}", n[0], n[1]))
+                        numbered(rows, 2, ", ", |n| format!("?{} * {SUBS} + ?{}", n[0], n[1]))
                     )
                 } else {
                     vec!["(revision = ? AND sub = ?)"; rows].join(" OR ")
@@ -393,11 +393,10 @@ impl Queries {
                     ),
                     Many::DeleteVersions if rowid => format!(
                         "DELETE FROM koine_log WHERE {}",
-                        numbered(rows, 2, |n| format!(
+                        numbered(rows, 2, " OR ", |n| format!(
                             "(id >= ?{0} * {SUBS} AND id < (?{0} + 1) * {SUBS} AND k = ?{1})",
                             n[0], n[1]
                         ))
-                        .replace("), (", ") OR (")
                     ),
                     Many::DeleteVersions => format!(
                         "DELETE FROM koine_log WHERE {}",
@@ -442,12 +441,12 @@ fn meta_revision(sql: &DialectSql) -> String {
 }
 
 /// `rows` items, each made by `item` from its `per` placeholder numbers
-/// (`?1`… counted across the items), joined by ", ".
-fn numbered(rows: usize, per: usize, item: impl Fn(&[usize]) -> String) -> String {
+/// (`?1`… counted across the items), joined by `sep`.
+fn numbered(rows: usize, per: usize, sep: &str, item: impl Fn(&[usize]) -> String) -> String {
     (0..rows)
         .map(|r| item(&(1..=per).map(|i| r * per + i).collect::<Vec<_>>()))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(sep)
 }
 
 /// Rewrites `?` placeholders to `$1, $2, …` where the database numbers
