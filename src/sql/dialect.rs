@@ -124,16 +124,14 @@ impl LeaderSession {
         LeaderSession { conn: None }
     }
 
-    /// Runs `sql` (a lock attempt answering 1 when taken) on `conn`, a
-    /// connection of its own: the session holds the lock as long as it
-    /// holds the connection.
-    pub async fn try_lock(
-        mut conn: Conn,
-        sql: &'static str,
-        d: &dyn Dialect,
-    ) -> Result<Option<LeaderSession>> {
-        let got = conn.query_i64(sql).await.map_err(|e| d.error(e))?;
-        Ok((got == Some(1)).then_some(LeaderSession { conn: Some(conn) }))
+    /// The session of a lock attempt that answered `got` (1: taken): it
+    /// keeps the connection `keep` detaches from the pool, since the lock
+    /// lives as long as that connection. A refused attempt holds nothing,
+    /// so its connection stays in the pool: a follower asks every second,
+    /// and closing and reopening a connection each time (a TLS handshake
+    /// and a server process or thread) stalled its other queries.
+    pub fn taken(got: Option<i64>, keep: impl FnOnce() -> Conn) -> Option<LeaderSession> {
+        (got == Some(1)).then(|| LeaderSession { conn: Some(keep()) })
     }
 
     /// False once the lock's connection is gone (and with it the lock).

@@ -332,12 +332,4 @@ impl Conn {
             Conn::MySql(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
         }
     }
-
-    /// Runs `sql` and returns its first column, a BIGINT (NULL: `None`).
-    pub async fn query_i64(&mut self, sql: &'static str) -> Result<Option<i64>, sqlx::Error> {
-        match self {
-            Conn::Postgres(c) => sqlx::query_scalar::<_, Option<i64>>(sql).fetch_one(c).await,
-            Conn::MySql(c) => sqlx::query_scalar::<_, Option<i64>>(sql).fetch_one(c).await,
-        }
-    }
 }

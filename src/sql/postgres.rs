@@ -63,8 +63,12 @@ impl Dialect for Postgres {
 
     fn try_leader(&self) -> BoxFuture<'_, Result<Option<LeaderSession>>> {
         Box::pin(async move {
-            let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
-            LeaderSession::try_lock(Conn::Postgres(conn.detach()), LEADER_LOCK, self).await
+            let mut conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
+            let got = sqlx::query_scalar::<_, Option<i64>>(LEADER_LOCK)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            Ok(LeaderSession::taken(got, || Conn::Postgres(conn.detach())))
         })
     }
 
