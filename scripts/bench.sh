@@ -167,7 +167,7 @@ endpoint() {
         kine-sqlite) echo "sqlite://$WORK/$db.db" ;;
         koine-postgres*) echo "$PG_BASE/$db?sslmode=$([[ $1 == *-tls ]] && echo require || echo disable)" ;;
         kine-postgres*) echo "$PG_BASE/$db?sslmode=disable" ;;
-        koine-mariadb*) echo "$MY_BASE/$db$([[ $1 == *-tls ]] && echo '?ssl-mode=REQUIRED')" ;;
+        koine-mariadb*) echo "$MY_BASE/$db?ssl-mode=$([[ $1 == *-tls ]] && echo REQUIRED || echo DISABLED)" ;;
         kine-mariadb*) echo "mysql://root@tcp($MY_HOSTPORT)/$db" ;;
     esac
 }

@@ -78,6 +78,16 @@ impl KeyRange {
         }
     }
 
+    /// The one key the interval holds, when it is etcd's single-key form
+    /// (`end` is `start` followed by a zero byte).
+    pub fn single_key(&self) -> Option<&[u8]> {
+        let end = self.end.as_ref()?;
+        (end.len() == self.start.len() + 1
+            && end.ends_with(&[0])
+            && end.starts_with(&self.start))
+        .then_some(self.start.as_ref())
+    }
+
     /// True when the interval is provably empty (`end <= start`).
     pub fn is_empty(&self) -> bool {
         matches!(&self.end, Some(end) if end <= &self.start)
@@ -141,5 +151,27 @@ mod crc_tests {
         let mut c = super::Crc32c::new();
         c.update(b"123456789");
         assert_eq!(c.finish(), 0xE306_9283);
+    }
+}
+
+#[cfg(test)]
+mod key_range_tests {
+    use super::KeyRange;
+    use bytes::Bytes;
+
+    fn range(key: &'static [u8], end: &'static [u8]) -> KeyRange {
+        KeyRange::from_etcd(&Bytes::from_static(key), &Bytes::from_static(end))
+    }
+
+    #[test]
+    fn single_key_is_only_etcds_one_key_form() {
+        assert_eq!(range(b"a", b"").single_key(), Some(&b"a"[..]));
+        assert_eq!(range(b"a", b"a\0").single_key(), Some(&b"a"[..]));
+        assert_eq!(range(b"", b"").single_key(), Some(&b""[..]));
+        // A prefix, everything from a key, and a longer interval.
+        assert_eq!(range(b"a", b"b").single_key(), None);
+        assert_eq!(range(b"a", b"\0").single_key(), None);
+        assert_eq!(range(b"a", b"a\0\0").single_key(), None);
+        assert_eq!(range(b"ab", b"b\0").single_key(), None);
     }
 }

@@ -162,6 +162,10 @@ impl Index {
     /// Live keys of `range` at `rev`, ascending, at most `limit`.
     pub fn range(&self, range: &KeyRange, rev: Revision, limit: Option<usize>) -> Vec<Found> {
         let limit = limit.unwrap_or(usize::MAX);
+        if let Some(key) = range.single_key() {
+            // A get: one descent of the tree, not a range's two.
+            return self.get(key, rev).filter(|_| limit > 0).into_iter().collect();
+        }
         let mut out = Vec::new();
         for (k, h) in self.span(range) {
             if out.len() >= limit {
@@ -176,6 +180,9 @@ impl Index {
 
     /// How many keys of `range` are live at `rev`.
     pub fn count(&self, range: &KeyRange, rev: Revision) -> i64 {
+        if let Some(key) = range.single_key() {
+            return self.get(key, rev).is_some() as i64;
+        }
         self.span(range)
             .filter(|(_, h)| at(h, rev).is_some_and(|e| !e.tomb))
             .count() as i64
