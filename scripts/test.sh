@@ -2,8 +2,9 @@
 # Runs Koine's whole test suite, installing what it needs first: Debian's
 # etcd-server and etcd-client (the real etcd and etcdctl the tests compare
 # against), protobuf-compiler (the etcd-client crate's build needs protoc),
-# and the PostgreSQL and MariaDB server binaries (the tests start throwaway
-# servers of their own in temp dirs; no running service is needed).
+# the PostgreSQL and MariaDB server binaries and PgBouncer (the tests start
+# throwaway servers of their own in temp dirs; no running service is
+# needed).
 #
 # Then: formatting and lints (Rust and Go), the Rust unit and integration
 # tests, and Kubernetes as the judge (scripts/kubernetes.sh, built from the
@@ -33,6 +34,7 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 { [ -x /usr/sbin/mariadbd ] || [ -x /usr/sbin/mysqld ]; } || need+=(mariadb-server)
+[ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
 command -v openssl >/dev/null || need+=(openssl)
 # The JSON gateway tests talk to it with curl.

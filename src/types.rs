@@ -82,10 +82,8 @@ impl KeyRange {
     /// (`end` is `start` followed by a zero byte).
     pub fn single_key(&self) -> Option<&[u8]> {
         let end = self.end.as_ref()?;
-        (end.len() == self.start.len() + 1
-            && end.ends_with(&[0])
-            && end.starts_with(&self.start))
-        .then_some(self.start.as_ref())
+        (end.len() == self.start.len() + 1 && end.ends_with(&[0]) && end.starts_with(&self.start))
+            .then_some(self.start.as_ref())
     }
 
     /// True when the interval is provably empty (`end <= start`).

@@ -164,7 +164,11 @@ impl Index {
         let limit = limit.unwrap_or(usize::MAX);
         if let Some(key) = range.single_key() {
             // A get: one descent of the tree, not a range's two.
-            return self.get(key, rev).filter(|_| limit > 0).into_iter().collect();
+            return self
+                .get(key, rev)
+                .filter(|_| limit > 0)
+                .into_iter()
+                .collect();
         }
         let mut out = Vec::new();
         for (k, h) in self.span(range) {

@@ -123,7 +123,11 @@ pub async fn connect(dsn: &str, tls: &DbTls) -> anyhow::Result<Db> {
     if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
         opts = opts.ssl_client_cert(cert).ssl_client_key(key);
     }
+    // sqlx asks for `extra_float_digits` at connect, a startup parameter
+    // PgBouncer refuses in its default configuration ("unsupported startup
+    // parameter"); Koine reads no floating-point values.
     opts = opts
+        .extra_float_digits(None)
         .application_name("koine")
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
     let target = format!("{}:{}/{}", opts.get_host(), opts.get_port(), database);

@@ -111,11 +111,20 @@ impl Supervised {
 
     /// Starts the server and waits until `dsn` answers a ping as a `C`.
     async fn launch<C: Connection>(&mut self, dsn: &str) {
+        self.launch_until(|| probe::<C>(dsn)).await;
+    }
+
+    /// Starts the server and waits until `ready` answers Ok.
+    async fn launch_until<F, Fut>(&mut self, ready: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
         let _ = std::fs::remove_file(self.file("server.pid"));
         self.watchdog = Some(self.spawn(&self.argv, "server.log"));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let Err(err) = probe::<C>(dsn).await else {
+            let Err(err) = ready().await else {
                 return;
             };
             if self
@@ -369,6 +378,84 @@ pub fn shared_postgres() -> &'static Postgres {
 /// A DSN for a fresh, unique, not yet created database on the shared server.
 pub async fn fresh_postgres_dsn() -> String {
     shared_postgres().dsn(&fresh_db_name())
+}
+
+/// PgBouncer (Debian's) in front of the shared PostgreSQL server, in a temp
+/// dir: every database name passes through to the server (`* =`), trust
+/// authentication, and otherwise PgBouncer's defaults — among them its
+/// refusal of startup parameters it does not know, such as sqlx's
+/// `extra_float_digits`.
+pub struct PgBouncer {
+    pub port: u16,
+    _server: Supervised,
+}
+
+impl PgBouncer {
+    /// Starts PgBouncer in `pool_mode` (`session` or `transaction`) in
+    /// front of `pg`. PgBouncer refuses to run as root, so as root it runs
+    /// as the `postgres` user (as the server does).
+    pub async fn start(pg: &Postgres, pool_mode: &str) -> PgBouncer {
+        let bin = first_existing(&["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]);
+        let mut server = Supervised::new("pgbouncer");
+        let port = free_port();
+        let dir = server.dir();
+        std::fs::write(server.file("userlist.txt"), "\"postgres\" \"\"\n").expect("userlist");
+        // Idle server connections close after a few seconds: the tests'
+        // databases come and go, and PostgreSQL's connection limit is shared.
+        let ini = format!(
+            "[databases]\n* = host=127.0.0.1 port={pg_port}\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+             unix_socket_dir =\nauth_type = trust\nauth_file = {dir}/userlist.txt\n\
+             pool_mode = {pool_mode}\nmax_client_conn = 5000\ndefault_pool_size = 100\n\
+             server_idle_timeout = 5\nlog_connections = 0\nlog_disconnections = 0\n",
+            pg_port = pg.port,
+        );
+        std::fs::write(server.file("pgbouncer.ini"), ini).expect("pgbouncer.ini");
+        let mut as_pg = "";
+        if is_root() {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres", &dir])
+                .status();
+            assert!(
+                chown.is_ok_and(|s| s.success()),
+                "chown to user postgres failed"
+            );
+            as_pg = "setpriv --reuid=postgres --regid=postgres --init-groups";
+        }
+        server.argv = words(&format!("{as_pg} {bin} {dir}/pgbouncer.ini"));
+        server
+            .launch_until(|| async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        PgBouncer {
+            port,
+            _server: server,
+        }
+    }
+
+    /// DSN for database `db` through this PgBouncer, as user postgres.
+    pub fn dsn(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+}
+
+/// PgBouncer in session pooling mode in front of the shared PostgreSQL
+/// server, shared by all tests of this binary.
+pub fn shared_pgbouncer() -> &'static PgBouncer {
+    static SHARED: OnceLock<PgBouncer> = OnceLock::new();
+    SHARED.get_or_init(|| on_own_runtime(|| PgBouncer::start(shared_postgres(), "session")))
+}
+
+/// A DSN for a fresh database reached through the shared PgBouncer.
+pub async fn fresh_pgbouncer_dsn() -> String {
+    shared_pgbouncer().dsn(&fresh_db_name())
 }
 
 /// A throwaway MariaDB server in a temp dir.

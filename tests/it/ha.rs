@@ -303,6 +303,8 @@ macro_rules! on_shared_databases {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() { super::$name(crate::dbs::fresh_postgres_dsn().await).await }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn pgbouncer() { super::$name(crate::dbs::fresh_pgbouncer_dsn().await).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn mysql() { super::$name(crate::dbs::fresh_mariadb_dsn().await).await }
             }
         )*

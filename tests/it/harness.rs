@@ -19,6 +19,10 @@ pub enum Target {
     Sqlite,
     /// Koine on the shared throwaway PostgreSQL, a fresh database.
     Postgres,
+    /// Koine on the shared throwaway PostgreSQL through PgBouncer in
+    /// session pooling mode (Debian's, default configuration), a fresh
+    /// database.
+    PgBouncer,
     /// Koine on the shared throwaway MariaDB, a fresh database.
     MySql,
     /// A real etcd 3.4, to prove the test's expectations.
@@ -58,11 +62,11 @@ impl Server {
                     _guard: Guard::Koine(k),
                 }
             }
-            Target::Postgres | Target::MySql => {
-                let dsn = if target == Target::Postgres {
-                    crate::dbs::fresh_postgres_dsn().await
-                } else {
-                    crate::dbs::fresh_mariadb_dsn().await
+            Target::Postgres | Target::PgBouncer | Target::MySql => {
+                let dsn = match target {
+                    Target::Postgres => crate::dbs::fresh_postgres_dsn().await,
+                    Target::PgBouncer => crate::dbs::fresh_pgbouncer_dsn().await,
+                    _ => crate::dbs::fresh_mariadb_dsn().await,
                 };
                 let k = Koine::start_on(&dsn, &[]).await;
                 Server {
@@ -133,7 +137,7 @@ where
 #[macro_export]
 macro_rules! on_every_target {
     ($($name:ident),* $(,)?) => {
-        $crate::on_targets!([Sqlite sqlite, Postgres postgres, MySql mysql, Etcd etcd, Passthrough passthrough]; $($name),*);
+        $crate::on_targets!([Sqlite sqlite, Postgres postgres, PgBouncer pgbouncer, MySql mysql, Etcd etcd, Passthrough passthrough]; $($name),*);
     };
 }
 
