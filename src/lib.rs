@@ -111,11 +111,20 @@ pub async fn run(
     config.check_files()?;
     let token_kind = auth::TokenKind::parse(&config.auth_token)?;
     let tls = serve::server_tls(&config)?;
-    let Some(db) = open_db(&config).await? else {
+    let listener: serve::Listener = Arc::new(listener);
+    // The client port answers at once, also while the database does not.
+    let (reason, reason_rx) = tokio::sync::watch::channel("connecting to the database".to_owned());
+    let mut starting = serve::serve_while_starting(listener.clone(), tls.clone(), reason_rx);
+    let db = sql::NOT_CONNECTED
+        .scope(reason.clone(), open_db(&config))
+        .await?;
+    reason.send_replace("starting".to_owned());
+    let Some(db) = db else {
         // Passthrough mode: a proxy to an etcd cluster, no database.
         let Endpoint::Etcd(endpoints) = config.storage()? else {
             unreachable!("open_db answers None for etcd endpoints only")
         };
+        starting.finish().await;
         return passthrough::serve(config, endpoints, tls, listener, shutdown).await;
     };
     if db.meta().await?.revision == 0 {
@@ -248,6 +257,7 @@ pub async fn run(
         Some(limits.max_recv_bytes()),
     ));
     tracing::info!(address = %local, "serving etcd API");
+    starting.finish().await;
     serve::serve_routes(routes, tls, metrics, listener, shutdown, cancel.clone()).await?;
 
     cancel.cancel();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -38,26 +38,11 @@ pub async fn serve_routes(
     routes: tonic::service::Routes,
     tls: Option<ServerTls>,
     metrics: Arc<Metrics>,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let builder = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .tcp_nodelay(true)
-        // h2 closes a connection (GOAWAY "too_many_data_frames") once the
-        // small DATA frames it holds unread exceed half the connection
-        // window. Clients legitimately burst small messages on one stream
-        // (kube-apiserver's watches share a connection; thousands of
-        // WatchCreate or LeaseKeepAlive requests in a row), and each
-        // stream's 64 KiB window already bounds what one stream buffers; a
-        // larger connection window lets such bursts through.
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        // What `authority.rs` bounds its own decoding by.
-        .http2_max_header_list_size(crate::authority::MAX_HEADER_LIST as u32)
-        .http2_keepalive_interval(Some(Duration::from_secs(7200)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-    let router = builder
+    let router = builder()
         .layer(GrpcMetricsLayer { metrics })
         .layer(CertUserLayer)
         .add_routes(routes);
@@ -66,7 +51,7 @@ pub async fn serve_routes(
         shutdown.await;
         stop.cancel();
     };
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = accepted(listener);
     match tls {
         None => {
             router
@@ -85,6 +70,173 @@ pub async fn serve_routes(
     Ok(())
 }
 
+/// The client port. Shared, so that the start-up answers
+/// ([`serve_while_starting`]) and then Koine itself are served from it
+/// without closing it in between.
+pub type Listener = Arc<TcpListener>;
+
+/// The connections `listener` accepts, with TCP_NODELAY.
+fn accepted(
+    listener: Listener,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<TcpStream>> + Send>> {
+    Box::pin(futures::stream::unfold(listener, |l| async move {
+        let conn = match l.accept().await {
+            Ok((tcp, _)) => tcp.set_nodelay(true).map(|()| tcp),
+            Err(e) => {
+                // Out of file descriptors, for one: try again shortly.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Err(e)
+            }
+        };
+        Some((conn, l))
+    }))
+}
+
+/// The transport settings every server on the client port shares.
+fn builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        // h2 closes a connection (GOAWAY "too_many_data_frames") once the
+        // small DATA frames it holds unread exceed half the connection
+        // window. Clients legitimately burst small messages on one stream
+        // (kube-apiserver's watches share a connection; thousands of
+        // WatchCreate or LeaseKeepAlive requests in a row), and each
+        // stream's 64 KiB window already bounds what one stream buffers; a
+        // larger connection window lets such bursts through.
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        // What `authority.rs` bounds its own decoding by.
+        .http2_max_header_list_size(crate::authority::MAX_HEADER_LIST as u32)
+        .http2_keepalive_interval(Some(Duration::from_secs(7200)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+}
+
+/// What the client port answers while Koine cannot serve yet (the
+/// database does not answer, or its migrations run): `/health`, `/livez`
+/// and `/readyz` 503 with the reason, every gRPC call etcd's Unavailable
+/// "etcdserver: request timed out" (clients retry reads; etcd's Go client
+/// does not retry a write it sent), at once. From [`STARTING_DELAY`] after
+/// start until [`Starting::finish`]: a start that is done by then keeps
+/// early connections waiting, as etcd does until it is ready, so that
+/// their first writes do not fail.
+pub struct Starting {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How long a start may take before the start-up answers begin.
+pub const STARTING_DELAY: Duration = Duration::from_millis(250);
+
+/// How long connections to the start-up answers get to close once Koine
+/// serves: they are idle (every call was answered at once), and clients
+/// reconnect to the real server.
+const STARTING_GRACE: Duration = Duration::from_secs(2);
+
+pub fn serve_while_starting(
+    listener: Listener,
+    tls: Option<ServerTls>,
+    reason: tokio::sync::watch::Receiver<String>,
+) -> Starting {
+    let stop = CancellationToken::new();
+    let health = {
+        let reason = reason.clone();
+        move || {
+            let why = reason.borrow().clone();
+            async move {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"health": "false", "reason": why}).to_string(),
+                )
+            }
+        }
+    };
+    let check = move |what: &'static str| {
+        let reason = reason.clone();
+        move || {
+            let why = reason.borrow().clone();
+            async move {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("[-]database failed: {why}\n{what} check failed\n"),
+                )
+            }
+        }
+    };
+    let router = axum::Router::new()
+        .route("/health", axum::routing::get(health))
+        .route("/livez", axum::routing::get(check("livez")))
+        .route("/readyz", axum::routing::get(check("readyz")))
+        .fallback(|req: axum::extract::Request| async move {
+            if is_grpc(&req) {
+                tonic::Status::unavailable(crate::error::text::TIMEOUT)
+                    .into_http::<axum::body::Body>()
+                    .into_response()
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting\n".into())
+            }
+        });
+    let routes = tonic::service::Routes::from(router);
+    let serving = {
+        let stop = stop.clone();
+        async move {
+            let incoming = accepted(listener);
+            let shutdown = stop.cancelled_owned();
+            let served = match tls {
+                None => {
+                    builder()
+                        .add_routes(routes)
+                        .serve_with_incoming_shutdown(
+                            incoming.map(|conn| conn.map(crate::authority::AuthorityFix::new)),
+                            shutdown,
+                        )
+                        .await
+                }
+                Some(tls) => {
+                    builder()
+                        .add_routes(routes)
+                        .serve_with_incoming_shutdown(tls_incoming(incoming, tls), shutdown)
+                        .await
+                }
+            };
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "serving the start-up answers failed");
+            }
+        }
+    };
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(STARTING_DELAY) => {}
+                _ = stop.cancelled() => return,
+            }
+            tokio::select! {
+                _ = serving => {}
+                _ = async { stop.cancelled().await; tokio::time::sleep(STARTING_GRACE).await } => {}
+            }
+        })
+    };
+    Starting { stop, task }
+}
+
+impl Starting {
+    /// Stops taking connections for the start-up answers and waits until
+    /// they are closed (at most a grace period), so that the real server
+    /// takes every connection from here on.
+    pub async fn finish(&mut self) {
+        self.stop.cancel();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Starting {
+    /// Start-up failed: the answers stop with it.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.task.abort();
+    }
+}
+
 /// TLS on the client port (rustls), offering `h2` and `http/1.1` in ALPN
 /// as etcd does: gRPC and HTTP/2 clients get h2, and HTTP/1.1 clients
 /// (probes, `curl --http1.1`, the JSON gateway's users) reach `/health`,
@@ -94,14 +246,13 @@ pub type ServerTls = Arc<rustls::ServerConfig>;
 /// How long a client may take over its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type TlsConn =
-    crate::authority::AuthorityFix<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+type TlsConn = crate::authority::AuthorityFix<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// The connections of `incoming` once their TLS handshake is done, each
 /// handshake on a task of its own (a slow client holds up no other one).
 /// The accepting task ends when the server stops taking connections.
 fn tls_incoming(
-    mut incoming: tonic::transport::server::TcpIncoming,
+    mut incoming: std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<TcpStream>> + Send>>,
     tls: ServerTls,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -115,9 +266,7 @@ fn tls_incoming(
             let tcp = match conn {
                 Some(Ok(tcp)) => tcp,
                 Some(Err(e)) => {
-                    // Out of file descriptors, for one: try again shortly.
                     tracing::debug!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
                 None => return,

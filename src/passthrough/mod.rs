@@ -64,7 +64,6 @@ pub mod watch;
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -85,7 +84,7 @@ pub async fn serve(
     config: Config,
     endpoints: Vec<String>,
     tls: Option<crate::serve::ServerTls>,
-    listener: TcpListener,
+    listener: crate::serve::Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;

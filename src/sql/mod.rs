@@ -45,6 +45,13 @@ pub struct DbTls {
     pub skip_verify: bool,
 }
 
+tokio::task_local! {
+    /// Where [`retry_connect`] reports why the database is not available
+    /// yet, when its caller set it: the client port's start-up answers
+    /// (`serve::serve_while_starting`) give it as their reason.
+    pub static NOT_CONNECTED: tokio::sync::watch::Sender<String>;
+}
+
 /// Retries `attempt` with backoff until it succeeds, logging each failure
 /// without the DSN (it may hold a password).
 pub async fn retry_connect<T, F, Fut>(target: &str, mut attempt: F) -> T
@@ -58,6 +65,9 @@ where
             Ok(v) => return v,
             Err(e) => {
                 tracing::warn!(%target, error = %redact_error(&e), retry_in = ?delay, "database not reachable, retrying");
+                let _ = NOT_CONNECTED.try_with(|reason| {
+                    reason.send_replace(format!("database not reachable: {}", redact_error(&e)))
+                });
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }

@@ -366,6 +366,80 @@ async fn passwords_stay_out_of_logs() {
     child.kill().await.unwrap();
 }
 
+/// Started while its database is down, Koine's client port answers at
+/// once: the probes 503 with the reason, every call etcd's Unavailable
+/// "request timed out" (which clients retry). Once the database is up,
+/// Koine serves, on the same port, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_port_answers_before_the_database_does() {
+    let mut pg = crate::dbs::Postgres::start().await;
+    let dsn = pg.dsn("koine_early");
+    pg.kill().await;
+    let node = KoineProcess::spawn(&dsn, &[]);
+    let addr: std::net::SocketAddr = node.endpoint.trim_start_matches("http://").parse().unwrap();
+    // Within a bound only so that a hang fails the test.
+    let within = Duration::from_secs(10);
+    let deadline = Instant::now() + within;
+    let (status, body) = loop {
+        if let Ok(Ok(answer)) = tokio::time::timeout(within, async {
+            tokio::net::TcpStream::connect(addr).await?;
+            Ok::<_, std::io::Error>(crate::harness::http_get(addr, "/health").await)
+        })
+        .await
+        {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "the client port never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["health"], "false");
+    let reason = health["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.starts_with("database not reachable") || reason == "connecting to the database",
+        "{reason}"
+    );
+    let (status, body) = tokio::time::timeout(within, crate::harness::http_get(addr, "/readyz"))
+        .await
+        .expect("readyz answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("readyz check failed"), "{body}");
+
+    let mut c = etcd_client::Client::connect([node.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(within, c.get("k", None))
+        .await
+        .expect("a get answers");
+    crate::harness::assert_error(
+        crate::harness::code_and_text(got.unwrap_err()),
+        (tonic::Code::Unavailable, "etcdserver: request timed out"),
+    );
+    let put = tokio::time::timeout(within, c.put("k", "v", None))
+        .await
+        .expect("a put answers");
+    crate::harness::assert_error(
+        crate::harness::code_and_text(put.unwrap_err()),
+        (tonic::Code::Unavailable, "etcdserver: request timed out"),
+    );
+
+    // The database comes up: the same port serves, and nothing was written
+    // by the refused put.
+    pg.restart().await;
+    crate::harness::wait_ready(&node.endpoint).await;
+    let mut c = node.client().await;
+    let got = c.get("k", None).await.unwrap();
+    assert!(got.kvs().is_empty());
+    c.put("k", "v", None).await.unwrap();
+    assert_eq!(c.get("k", None).await.unwrap().kvs()[0].value(), b"v");
+    let (status, body) = crate::harness::http_get(addr, "/health").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"health":"true","reason":""}"#)
+    );
+}
+
 /// Two independent Koine clusters on one database server (two databases)
 /// each get their own leader: leader locks are scoped to the database.
 async fn separate_databases_separate_leaders(a: String, b: String) {
