@@ -114,7 +114,9 @@ pub async fn run(
     let listener: serve::Listener = Arc::new(listener);
     // The client port answers at once, also while the database does not.
     let (reason, reason_rx) = tokio::sync::watch::channel("connecting to the database".to_owned());
-    let mut starting = serve::serve_while_starting(listener.clone(), tls.clone(), reason_rx);
+    let metrics = metrics::Metrics::new();
+    let mut starting =
+        serve::serve_while_starting(listener.clone(), tls.clone(), metrics.clone(), reason_rx);
     let db = sql::NOT_CONNECTED
         .scope(reason.clone(), open_db(&config))
         .await?;
@@ -133,7 +135,6 @@ pub async fn run(
         );
     }
     let local = listener.local_addr()?;
-    let metrics = metrics::Metrics::new();
     let cancel = CancellationToken::new();
     let settings = mvcc::Settings {
         request_timeout: config.request_timeout,

@@ -42,7 +42,21 @@ pub async fn serve_routes(
     shutdown: impl Future<Output = ()> + Send + 'static,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let router = builder()
+    let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        // h2 closes a connection (GOAWAY "too_many_data_frames") once the
+        // small DATA frames it holds unread exceed half the connection
+        // window. Clients legitimately burst small messages on one stream
+        // (kube-apiserver's watches share a connection; thousands of
+        // WatchCreate or LeaseKeepAlive requests in a row), and each
+        // stream's 64 KiB window already bounds what one stream buffers; a
+        // larger connection window lets such bursts through.
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        // What `authority.rs` bounds its own decoding by.
+        .http2_max_header_list_size(crate::authority::MAX_HEADER_LIST as u32)
+        .http2_keepalive_interval(Some(Duration::from_secs(7200)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(GrpcMetricsLayer { metrics })
         .layer(CertUserLayer)
         .add_routes(routes);
@@ -92,25 +106,6 @@ fn accepted(
     }))
 }
 
-/// The transport settings every server on the client port shares.
-fn builder() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
-        .accept_http1(true)
-        .tcp_nodelay(true)
-        // h2 closes a connection (GOAWAY "too_many_data_frames") once the
-        // small DATA frames it holds unread exceed half the connection
-        // window. Clients legitimately burst small messages on one stream
-        // (kube-apiserver's watches share a connection; thousands of
-        // WatchCreate or LeaseKeepAlive requests in a row), and each
-        // stream's 64 KiB window already bounds what one stream buffers; a
-        // larger connection window lets such bursts through.
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        // What `authority.rs` bounds its own decoding by.
-        .http2_max_header_list_size(crate::authority::MAX_HEADER_LIST as u32)
-        .http2_keepalive_interval(Some(Duration::from_secs(7200)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-}
-
 /// What the client port answers while Koine cannot serve yet (the
 /// database does not answer, or its migrations run): `/health`, `/livez`
 /// and `/readyz` 503 with the reason, every gRPC call etcd's Unavailable
@@ -135,37 +130,17 @@ const STARTING_GRACE: Duration = Duration::from_secs(2);
 pub fn serve_while_starting(
     listener: Listener,
     tls: Option<ServerTls>,
+    metrics: Arc<Metrics>,
     reason: tokio::sync::watch::Receiver<String>,
 ) -> Starting {
     let stop = CancellationToken::new();
-    let health = {
-        let reason = reason.clone();
-        move || {
-            let why = reason.borrow().clone();
-            async move {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"health": "false", "reason": why}).to_string(),
-                )
-            }
-        }
-    };
-    let check = move |what: &'static str| {
-        let reason = reason.clone();
-        move || {
-            let why = reason.borrow().clone();
-            async move {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("[-]database failed: {why}\n{what} check failed\n"),
-                )
-            }
-        }
-    };
     let router = axum::Router::new()
-        .route("/health", axum::routing::get(health))
-        .route("/livez", axum::routing::get(check("livez")))
-        .route("/readyz", axum::routing::get(check("readyz")))
+        .route("/health", axum::routing::get(starting_health))
+        .route("/livez", axum::routing::get(|r| starting_check(r, "livez")))
+        .route(
+            "/readyz",
+            axum::routing::get(|r| starting_check(r, "readyz")),
+        )
         .fallback(|req: axum::extract::Request| async move {
             if is_grpc(&req) {
                 tonic::Status::unavailable(crate::error::text::TIMEOUT)
@@ -174,35 +149,16 @@ pub fn serve_while_starting(
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n".into())
             }
-        });
-    let routes = tonic::service::Routes::from(router);
-    let serving = {
-        let stop = stop.clone();
-        async move {
-            let incoming = accepted(listener);
-            let shutdown = stop.cancelled_owned();
-            let served = match tls {
-                None => {
-                    builder()
-                        .add_routes(routes)
-                        .serve_with_incoming_shutdown(
-                            incoming.map(|conn| conn.map(crate::authority::AuthorityFix::new)),
-                            shutdown,
-                        )
-                        .await
-                }
-                Some(tls) => {
-                    builder()
-                        .add_routes(routes)
-                        .serve_with_incoming_shutdown(tls_incoming(incoming, tls), shutdown)
-                        .await
-                }
-            };
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "serving the start-up answers failed");
-            }
-        }
-    };
+        })
+        .with_state(reason);
+    let serving = serve_routes(
+        tonic::service::Routes::from(router),
+        tls,
+        metrics,
+        listener,
+        stop.clone().cancelled_owned(),
+        CancellationToken::new(),
+    );
     let task = {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -211,12 +167,35 @@ pub fn serve_while_starting(
                 _ = stop.cancelled() => return,
             }
             tokio::select! {
-                _ = serving => {}
+                served = serving => if let Err(e) = served {
+                    tracing::warn!(error = %e, "serving the start-up answers failed");
+                },
                 _ = async { stop.cancelled().await; tokio::time::sleep(STARTING_GRACE).await } => {}
             }
         })
     };
     Starting { stop, task }
+}
+
+/// Why Koine does not serve yet.
+type StartingReason = axum::extract::State<tokio::sync::watch::Receiver<String>>;
+
+/// `/health` while starting: etcd's form, unhealthy with the reason.
+async fn starting_health(axum::extract::State(reason): StartingReason) -> Response {
+    let why = reason.borrow().clone();
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"health": "false", "reason": why}).to_string(),
+    )
+}
+
+/// `/livez` and `/readyz` while starting: the database check failed.
+async fn starting_check(axum::extract::State(reason): StartingReason, what: &str) -> Response {
+    let why = reason.borrow().clone();
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("[-]database failed: {why}\n{what} check failed\n"),
+    )
 }
 
 impl Starting {

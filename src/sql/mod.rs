@@ -64,9 +64,10 @@ where
         match attempt().await {
             Ok(v) => return v,
             Err(e) => {
-                tracing::warn!(%target, error = %redact_error(&e), retry_in = ?delay, "database not reachable, retrying");
+                let error = redact_error(&e);
+                tracing::warn!(%target, %error, retry_in = ?delay, "database not reachable, retrying");
                 let _ = NOT_CONNECTED.try_with(|reason| {
-                    reason.send_replace(format!("database not reachable: {}", redact_error(&e)))
+                    reason.send_replace(format!("database not reachable: {error}"))
                 });
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(5));

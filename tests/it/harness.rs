@@ -226,10 +226,14 @@ impl Koine {
     }
 
     async fn start_with(dir: TempDir, endpoint: &str, extra: &[&str]) -> Koine {
-        let endpoint_flag = endpoint;
         let mut args = vec!["koine", "--endpoint", endpoint];
         args.extend_from_slice(extra);
         let config = koine::config::Config::try_parse_from(args).expect("flags");
+        // Until its database is open the port answers every call
+        // Unavailable (`serve::serve_while_starting`); a test starts once
+        // Koine serves. Tests of TLS on the client port and of passthrough
+        // mode start on SQLite or etcd, which open at once.
+        let wait = config.server_cert_file.is_none() && !endpoint_is_etcd(endpoint);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -239,12 +243,7 @@ impl Koine {
             let _ = stopped.await;
         }));
         let endpoint = format!("http://{addr}");
-        // Until its database is open the port answers every call
-        // Unavailable (`serve::serve_while_starting`); a test starts once
-        // Koine serves. Tests of TLS on the client port and of passthrough
-        // mode start on SQLite or etcd, which open at once.
-        let tls = extra.contains(&"--server-cert-file");
-        if !tls && !endpoint_is_etcd(endpoint_flag) {
+        if wait {
             wait_ready(&endpoint).await;
         }
         Koine {
